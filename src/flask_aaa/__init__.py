@@ -1,0 +1,28 @@
+"""Flask-AAA: authentication, authorization and accounting for Flask."""
+
+from .errors import AAAError as AAAError
+from .errors import AuthenticationFailed as AuthenticationFailed
+from .errors import ConfigurationError as ConfigurationError
+from .errors import InvalidInput as InvalidInput
+from .errors import LoginRequired as LoginRequired
+from .errors import PermissionDenied as PermissionDenied
+from .extension import AAA as AAA
+from .models import AuditEvent as AuditEvent
+from .models import Base as Base
+from .models import Permission as Permission
+from .models import Role as Role
+from .models import User as User
+from .services.actors import Actor as Actor
+from .services.actors import RequestFacts as RequestFacts
+from .services.audit import Target as Target
+from .web.context import current_user as current_user
+from .web.context import record_event as record_event
+from .web.decorators import audited as audited
+from .web.decorators import login_required as login_required
+from .web.decorators import permissions_accepted as permissions_accepted
+from .web.decorators import permissions_required as permissions_required
+from .web.decorators import public as public
+from .web.decorators import roles_accepted as roles_accepted
+from .web.decorators import roles_required as roles_required
+
+__version__ = "0.1.0"

@@ -1,0 +1,341 @@
+"""``flask aaa ...``: the same services as the web pages, for operators with a shell.
+
+Every change is audited with the actor ``cli:<os user>``. Errors print a one-line message
+and exit with status 1; nothing is half-done (each command is one transaction).
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import secrets
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import click
+from flask.cli import AppGroup
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from . import migrations
+from .db import writing
+from .errors import AAAError, NotFound
+from .models import Role, User
+from .services import accounts, audit, rbac
+from .services.actors import Actor, RequestFacts
+from .web.context import state
+from .web.forms import parse_time
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+aaa_cli = AppGroup(
+    "aaa", help="Flask-AAA: users, roles, permissions, the audit trail and the database."
+)
+
+
+def _actor() -> Actor:
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):
+        who = "unknown"
+    return Actor.system(f"cli:{who}")
+
+
+def _facts() -> RequestFacts:
+    return RequestFacts.for_cli(request_id=f"cli-{secrets.token_hex(6)}")
+
+
+def _db() -> Session:
+    return state().db.session()
+
+
+def transactional(command: F) -> F:
+    """Run a command as one write transaction; turn library errors into clean exits."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        db = _db()
+        try:
+            with writing():
+                result = command(*args, **kwargs)
+                db.commit()
+        except AAAError as exc:
+            db.rollback()
+            detail = ""
+            errors = getattr(exc, "errors", None)
+            if errors:
+                detail = " (" + "; ".join(f"{k}: {v}" for k, v in errors.items()) + ")"
+            raise click.ClickException(f"{exc.message}{detail}") from None
+        return result
+
+    return cast("F", wrapper)
+
+
+def _user(name: str) -> User:
+    user = accounts.find_user(_db(), state().settings, name)
+    if user is None:
+        raise NotFound(f"no user {name!r}")
+    return user
+
+
+# -- database --
+
+
+@aaa_cli.group("db")
+def db_group() -> None:
+    """Create or upgrade Flask-AAA's tables (Alembic, own version table)."""
+
+
+@db_group.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+def db_upgrade(revision: str) -> None:
+    """Apply the shipped migrations to the app's database."""
+    engine = state().db.engine
+    migrations.upgrade(engine, revision)
+    click.echo(f"Flask-AAA tables are at revision {migrations.current(engine)}.")
+
+
+@db_group.command("current")
+def db_current() -> None:
+    """Show the revision the database is at, and the newest one shipped."""
+    engine = state().db.engine
+    click.echo(
+        f"current: {migrations.current(engine) or '(none)'}  head: {migrations.head(engine)}"
+    )
+
+
+# -- users --
+
+
+@aaa_cli.command("create-user")
+@click.argument("login")
+@click.option("--email", help="Email address (required when email login is enabled).")
+@click.option(
+    "--password",
+    prompt=True,
+    hide_input=True,
+    confirmation_prompt=True,
+    help="Prompted when omitted.",
+)
+@click.option("--role", "roles", multiple=True, help="Role to grant (repeatable).")
+@transactional
+def create_user(login: str, email: str | None, password: str, roles: tuple[str, ...]) -> None:
+    """Create an account LOGIN (a username; an email address when usernames are disabled)."""
+    st = state()
+    db = _db()
+    if st.settings.enable_username:
+        username = login
+    else:
+        username, email = None, email or login
+    role_objs = [rbac.find_role(db, name) for name in roles]
+    user = accounts.create_user(
+        db,
+        actor=_actor(),
+        settings=st.settings,
+        passwords=st.passwords,
+        username=username,
+        email=email,
+        password=password,
+        roles=role_objs,
+        facts=_facts(),
+    )
+    click.echo(f"Created user {user.label} (#{user.id}).")
+
+
+@aaa_cli.command("list-users")
+def list_users() -> None:
+    """List every account with its roles and state."""
+    rows = _db().scalars(select(User).order_by(User.id).options(selectinload(User.roles)))
+    for user in rows:
+        flag = "" if user.active else "  [disabled]"
+        roles = ",".join(r.name for r in user.roles) or "-"
+        click.echo(f"#{user.id}\t{user.username or '-'}\t{user.email or '-'}\t{roles}{flag}")
+
+
+@aaa_cli.command("disable")
+@click.argument("user")
+@transactional
+def disable(user: str) -> None:
+    """Disable USER and end all of their sessions."""
+    subject = _user(user)
+    accounts.set_active(_db(), actor=_actor(), user=subject, active=False, facts=_facts())
+    click.echo(f"Disabled {subject.label}.")
+
+
+@aaa_cli.command("enable")
+@click.argument("user")
+@transactional
+def enable(user: str) -> None:
+    """Enable USER again."""
+    subject = _user(user)
+    accounts.set_active(_db(), actor=_actor(), user=subject, active=True, facts=_facts())
+    click.echo(f"Enabled {subject.label}.")
+
+
+# -- roles and permissions --
+
+
+@aaa_cli.command("create-role")
+@click.argument("name")
+@click.option("--description", default="", help="What the role is for.")
+@click.option(
+    "--permission", "permissions", multiple=True, help="Permission to give the role (repeatable)."
+)
+@transactional
+def create_role(name: str, description: str, permissions: tuple[str, ...]) -> None:
+    """Create role NAME, optionally with permissions."""
+    db = _db()
+    role = rbac.create_role(db, actor=_actor(), name=name, description=description, facts=_facts())
+    for permission in permissions:
+        rbac.add_permission(db, actor=_actor(), role=role, permission=permission, facts=_facts())
+    click.echo(f"Created role {role.name}.")
+
+
+@aaa_cli.command("list-roles")
+def list_roles() -> None:
+    """List roles with their permissions."""
+    rows = _db().scalars(select(Role).order_by(Role.name).options(selectinload(Role.permissions)))
+    for role in rows:
+        click.echo(f"{role.name}\t{' '.join(p.name for p in role.permissions) or '-'}")
+
+
+@aaa_cli.command("grant-role")
+@click.argument("user")
+@click.argument("role")
+@transactional
+def grant_role(user: str, role: str) -> None:
+    """Give ROLE to USER (username, email or #id)."""
+    subject = _user(user)
+    changed = rbac.grant_role(
+        _db(), actor=_actor(), user=subject, role=rbac.find_role(_db(), role), facts=_facts()
+    )
+    click.echo(
+        f"Granted {role} to {subject.label}." if changed else f"{subject.label} already has {role}."
+    )
+
+
+@aaa_cli.command("revoke-role")
+@click.argument("user")
+@click.argument("role")
+@transactional
+def revoke_role(user: str, role: str) -> None:
+    """Take ROLE from USER."""
+    subject = _user(user)
+    changed = rbac.revoke_role(
+        _db(), actor=_actor(), user=subject, role=rbac.find_role(_db(), role), facts=_facts()
+    )
+    click.echo(
+        f"Revoked {role} from {subject.label}."
+        if changed
+        else f"{subject.label} does not have {role}."
+    )
+
+
+@aaa_cli.command("grant-permission")
+@click.argument("role")
+@click.argument("permission")
+@transactional
+def grant_permission(role: str, permission: str) -> None:
+    """Give PERMISSION (resource:action) to ROLE."""
+    changed = rbac.add_permission(
+        _db(),
+        actor=_actor(),
+        role=rbac.find_role(_db(), role),
+        permission=permission,
+        facts=_facts(),
+    )
+    click.echo(f"Added {permission} to {role}." if changed else f"{role} already has {permission}.")
+
+
+@aaa_cli.command("revoke-permission")
+@click.argument("role")
+@click.argument("permission")
+@transactional
+def revoke_permission(role: str, permission: str) -> None:
+    """Take PERMISSION from ROLE."""
+    changed = rbac.remove_permission(
+        _db(),
+        actor=_actor(),
+        role=rbac.find_role(_db(), role),
+        permission=permission,
+        facts=_facts(),
+    )
+    click.echo(
+        f"Removed {permission} from {role}." if changed else f"{role} does not have {permission}."
+    )
+
+
+@aaa_cli.command("routes")
+def routes() -> None:
+    """List endpoints and how each is guarded (deny-by-default closes the unguarded ones)."""
+    from flask import current_app
+
+    from .web.decorators import GUARD_ATTR
+
+    for rule in sorted(current_app.url_map.iter_rules(), key=lambda r: r.rule):
+        view = current_app.view_functions.get(rule.endpoint)
+        static = rule.endpoint == "static" or rule.endpoint.endswith(".static")
+        guard = "static" if static else getattr(view, GUARD_ATTR, None) or "UNGUARDED"
+        click.echo(f"{guard:12}{rule.rule}  ({rule.endpoint})")
+
+
+# -- audit --
+
+
+@aaa_cli.group("audit")
+def audit_group() -> None:
+    """Verify and export the audit trail."""
+
+
+@audit_group.command("verify")
+def audit_verify() -> None:
+    """Check the whole hash chain; exit 1 and name the first bad event if it is broken."""
+    report = audit.verify_chain(_db())
+    if report.ok:
+        click.echo(f"OK: {report.checked} events, chain intact up to seq {report.last_seq}.")
+        return
+    click.echo(
+        f"BROKEN at seq {report.first_bad_seq}: {report.problem} "
+        f"({report.checked} events verified before it)."
+    )
+    sys.exit(1)
+
+
+@audit_group.command("export")
+@click.option(
+    "--output",
+    "-o",
+    type=click.File("w", encoding="utf-8"),
+    default="-",
+    help="File (default: stdout).",
+)
+@click.option("--user", "user_name", help="Only events by this user (username, email or #id).")
+@click.option("--action", help="Exact action, or a prefix ending in '*' (e.g. auth.*).")
+@click.option("--outcome", type=click.Choice(list(audit.OUTCOMES)))
+@click.option("--since", help="ISO 8601 start (UTC if no offset).")
+@click.option("--until", help="ISO 8601 end.")
+def audit_export(
+    output: Any,
+    user_name: str | None,
+    action: str | None,
+    outcome: str | None,
+    since: str | None,
+    until: str | None,
+) -> None:
+    """Write events as JSON Lines, oldest first, in constant memory."""
+    try:
+        flt = audit.AuditFilter(
+            actor_id=_user(user_name).id if user_name else None,
+            action=action,
+            outcome=outcome,
+            since=parse_time("since", since),
+            until=parse_time("until", until),
+        )
+    except AAAError as exc:
+        raise click.ClickException(exc.message) from None
+    count = 0
+    for line in audit.export_jsonl(_db(), flt):
+        output.write(line)
+        count += 1
+    click.echo(f"Exported {count} events.", err=True)

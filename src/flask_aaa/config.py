@@ -1,0 +1,232 @@
+"""Typed, frozen settings read once from ``app.config``.
+
+Every setting is an ``AAA_*`` key. Defaults live in :data:`DEFAULTS`, each documented next to
+its value. A key that starts with ``AAA_`` but is not known is an error at start-up, so that a
+misspelt setting can never fall back silently to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import ConfigurationError
+
+#: Named argon2id cost presets. ``owasp`` is the OWASP Password Storage Cheat Sheet minimum
+#: (m=19 MiB, t=2, p=1); ``strong`` costs about three times as much; ``fast`` exists for test
+#: suites only and is refused outside ``TESTING``.
+HASH_PRESETS: dict[str, dict[str, int]] = {
+    "owasp": {"memory_cost": 19_456, "time_cost": 2, "parallelism": 1},
+    "strong": {"memory_cost": 65_536, "time_cost": 3, "parallelism": 1},
+    "fast": {"memory_cost": 64, "time_cost": 1, "parallelism": 1},
+}
+
+DEFAULTS: dict[str, Any] = {
+    #: Name shown in page titles and refused as part of a password.
+    "APP_NAME": "Flask-AAA",
+    #: Users may sign in (and must register) with a username.
+    "ENABLE_USERNAME": True,
+    #: Users may sign in (and must register) with an email address.
+    "ENABLE_EMAIL": True,
+    #: Anyone may create an account at /register. Switch off for invitation-only apps.
+    "ENABLE_REGISTRATION": True,
+    #: Role given to every newly registered user (``None`` for none). Created on first use.
+    "DEFAULT_ROLE": None,
+    #: argon2id cost preset: ``owasp``, ``strong`` or (tests only) ``fast``.
+    "PASSWORD_HASH_PRESET": "owasp",
+    #: At most this many password hashes are computed at once per process; more wait briefly,
+    #: then get a 503. Bounds memory under a login flood (each hash holds ``memory_cost`` KiB).
+    "PASSWORD_HASH_CONCURRENCY": 4,
+    #: Seconds a login waits for a free hashing slot before it is refused with a 503.
+    "PASSWORD_HASH_WAIT": 2.0,
+    #: Minimum password length in code points (NIST: 15 when the password is the only factor).
+    "PASSWORD_MIN_LENGTH": 15,
+    #: Maximum password length in code points. Longer input is refused before hashing.
+    "PASSWORD_MAX_LENGTH": 256,
+    #: Refuse passwords found on the shipped list of 30,000 common passwords.
+    "PASSWORD_CHECK_COMMON": True,
+    #: Idle timeout of a login session, in seconds.
+    "SESSION_IDLE_TIMEOUT": 30 * 60,
+    #: Absolute lifetime of a login session, in seconds, however active it is.
+    "SESSION_ABSOLUTE_TIMEOUT": 12 * 60 * 60,
+    #: How often (seconds) a session's ``last_seen`` is written. Lower is more precise for idle
+    #: timeouts and costs one write per interval per active session.
+    "SESSION_TOUCH_INTERVAL": 60,
+    #: Session cookie ``Secure`` flag and ``__Host-`` name prefix. ``None`` means on, except
+    #: when the app runs in debug or testing mode over plain HTTP on a developer machine.
+    "SECURE_COOKIES": None,
+    #: Storage for rate-limit counters (Flask-Limiter URI): ``memory://`` or ``redis://host:port``.
+    "RATELIMIT_STORAGE_URI": "memory://",
+    #: Login attempts allowed per client IP (all outcomes count).
+    "LOGIN_LIMIT_PER_IP": "60 per minute",
+    #: Failed logins allowed per account, whatever the IP (only failures count).
+    "LOGIN_LIMIT_PER_ACCOUNT": "10 per minute; 100 per day",
+    #: Registrations allowed per client IP.
+    "REGISTER_LIMIT_PER_IP": "10 per hour",
+    #: Password-change attempts allowed per user.
+    "CHANGE_PASSWORD_LIMIT": "10 per hour",
+    #: Largest request body (bytes) the library's own endpoints accept.
+    "MAX_BODY_SIZE": 64 * 1024,
+    #: Mount point of the authentication pages (login, logout, register, password).
+    "AUTH_URL_PREFIX": "/auth",
+    #: Mount point of the signed-in user's pages (activity).
+    "ACCOUNT_URL_PREFIX": "/account",
+    #: Mount point of the administration pages.
+    "ADMIN_URL_PREFIX": "/admin",
+    #: Endpoint to land on after login when no safe ``next`` is given.
+    "HOME_ENDPOINT": None,
+    #: Every endpoint needs ``@public`` or a requirement; others answer 401/403.
+    "DENY_BY_DEFAULT": False,
+    #: Events per page in activity and audit listings.
+    "PAGE_SIZE": 50,
+    #: Send security headers (CSP, HSTS on HTTPS, nosniff, frame denial, referrer policy).
+    "SECURITY_HEADERS": True,
+    #: Content-Security-Policy sent with every response when security headers are on.
+    "CONTENT_SECURITY_POLICY": (
+        "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+        "base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+    ),
+    #: Log every audit event as one JSON line on the ``flask_aaa.audit`` logger.
+    "AUDIT_LOG_MIRROR": True,
+}
+
+#: SECRET_KEY values that are refused outside debug and testing.
+_KNOWN_WEAK_KEYS = frozenset(
+    {"dev", "secret", "changeme", "change-me", "your_secret_key", "secret-key", "development"}
+)
+_MIN_SECRET_BYTES = 32
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """The library's settings for one app, read once by :meth:`from_config`."""
+
+    app_name: str
+    enable_username: bool
+    enable_email: bool
+    enable_registration: bool
+    default_role: str | None
+    password_hash_preset: str
+    password_hash_concurrency: int
+    password_hash_wait: float
+    password_min_length: int
+    password_max_length: int
+    password_check_common: bool
+    session_idle_timeout: int
+    session_absolute_timeout: int
+    session_touch_interval: int
+    secure_cookies: bool
+    ratelimit_storage_uri: str
+    login_limit_per_ip: str
+    login_limit_per_account: str
+    register_limit_per_ip: str
+    change_password_limit: str
+    max_body_size: int
+    auth_url_prefix: str
+    account_url_prefix: str
+    admin_url_prefix: str
+    home_endpoint: str | None
+    deny_by_default: bool
+    page_size: int
+    security_headers: bool
+    content_security_policy: str
+    audit_log_mirror: bool
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, debug: bool, testing: bool) -> Settings:
+        """Validate the ``AAA_*`` keys of ``config`` and build the settings.
+
+        Raises :class:`ConfigurationError` for an unknown key, a value of the wrong type, or a
+        combination that cannot work; and :class:`RuntimeError` for a missing or weak
+        ``SECRET_KEY`` outside debug and testing.
+        """
+        _reject_unknown_keys(config)
+        values = {
+            key.lower(): config.get(f"AAA_{key}", default) for key, default in DEFAULTS.items()
+        }
+        for key, default in DEFAULTS.items():
+            _check_type(key, values[key.lower()], default)
+        if values["secure_cookies"] is None:
+            values["secure_cookies"] = not (debug or testing)
+        settings = cls(**values)
+        settings._validate(testing=testing)
+        if not (debug or testing):
+            check_secret_key(config.get("SECRET_KEY"))
+        return settings
+
+    def _validate(self, *, testing: bool) -> None:
+        if not (self.enable_username or self.enable_email):
+            raise ConfigurationError("enable at least one of AAA_ENABLE_USERNAME, AAA_ENABLE_EMAIL")
+        if self.password_hash_preset not in HASH_PRESETS:
+            raise ConfigurationError(
+                f"AAA_PASSWORD_HASH_PRESET must be one of {sorted(HASH_PRESETS)}"
+            )
+        if self.password_hash_preset == "fast" and not testing:  # noqa: S105 (a preset name)
+            raise ConfigurationError("AAA_PASSWORD_HASH_PRESET='fast' is only allowed in TESTING")
+        if not 8 <= self.password_min_length <= 64:
+            raise ConfigurationError("AAA_PASSWORD_MIN_LENGTH must be between 8 and 64")
+        if self.password_max_length < max(64, self.password_min_length):
+            raise ConfigurationError("AAA_PASSWORD_MAX_LENGTH must allow at least 64 characters")
+        for name in ("password_hash_concurrency", "session_idle_timeout", "page_size"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"AAA_{name.upper()} must be positive")
+        if self.session_absolute_timeout < self.session_idle_timeout:
+            raise ConfigurationError(
+                "AAA_SESSION_ABSOLUTE_TIMEOUT must not be shorter than AAA_SESSION_IDLE_TIMEOUT"
+            )
+
+    @property
+    def hash_parameters(self) -> dict[str, int]:
+        """The argon2id parameters of the chosen preset."""
+        return dict(HASH_PRESETS[self.password_hash_preset])
+
+    @property
+    def session_cookie_name(self) -> str:
+        """``__Host-`` cookies are bound to this exact origin and must be Secure with Path=/."""
+        return "__Host-aaa_session" if self.secure_cookies else "aaa_session"
+
+
+def check_secret_key(key: object) -> None:
+    """Refuse a missing, known-weak or short ``SECRET_KEY``. The key itself is never echoed."""
+    if key is None or key == "":
+        raise RuntimeError("SECRET_KEY is not set; Flask-AAA refuses to start without one")
+    raw = key.encode() if isinstance(key, str) else key
+    if not isinstance(raw, bytes):
+        raise RuntimeError("SECRET_KEY must be str or bytes")
+    if (isinstance(key, str) and key.strip().lower() in _KNOWN_WEAK_KEYS) or len(
+        raw
+    ) < _MIN_SECRET_BYTES:
+        raise RuntimeError(
+            f"SECRET_KEY is too weak: use at least {_MIN_SECRET_BYTES} random bytes, "
+            'e.g. python -c "import secrets; print(secrets.token_hex(32))"'
+        )
+    if len(set(raw)) < 8:
+        raise RuntimeError("SECRET_KEY is too weak: it repeats too few distinct characters")
+
+
+def _reject_unknown_keys(config: Mapping[str, Any]) -> None:
+    known = {f"AAA_{key}" for key in DEFAULTS}
+    for key in config:
+        if isinstance(key, str) and key.startswith("AAA_") and key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigurationError(f"unknown setting {key}{hint}")
+
+
+def _check_type(key: str, value: Any, default: Any) -> None:
+    if default is None:
+        if key == "SECURE_COOKIES":
+            if value is not None and not isinstance(value, bool):
+                raise ConfigurationError(f"AAA_{key} must be True, False or None")
+        elif value is not None and not isinstance(value, str):
+            raise ConfigurationError(f"AAA_{key} must be a string or None")
+        return
+    expected: tuple[type, ...] = (float, int) if isinstance(default, float) else (type(default),)
+    if isinstance(value, bool) and bool not in expected:
+        raise ConfigurationError(f"AAA_{key} must be {type(default).__name__}, not bool")
+    if not isinstance(value, expected):
+        raise ConfigurationError(
+            f"AAA_{key} must be {type(default).__name__}, not {type(value).__name__}"
+        )

@@ -1,0 +1,133 @@
+"""The demo application: the tutorial's notes app, secured with Flask-AAA.
+
+Run it with ``python -m flask_aaa.demo`` (or the README's first command). Its data lives in
+``.demo/`` below the current directory (``FLASK_AAA_DEMO_DIR`` to change it). The CLI works on
+the same database: ``flask --app flask_aaa.demo aaa list-users``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, abort, flash, redirect, render_template, request, url_for
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import ForeignKey, String, Text, select
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from .. import (
+    AAA,
+    Base,
+    InvalidInput,
+    Target,
+    User,
+    audited,
+    current_user,
+    permissions_required,
+    public,
+)
+from ..db import utcnow
+
+db = SQLAlchemy(model_class=Base)
+aaa = AAA(db=db)
+
+
+class Note(db.Model):  # type: ignore[name-defined,misc]
+    """A note, owned by the user who wrote it (a foreign key to Flask-AAA's users)."""
+
+    __tablename__ = "demo_notes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(
+        ForeignKey("aaa_users.id", ondelete="CASCADE"), index=True
+    )
+    title: Mapped[str] = mapped_column(String(120))
+    body: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    owner: Mapped[User] = relationship()
+
+
+def demo_dir() -> Path:
+    return Path(os.environ.get("FLASK_AAA_DEMO_DIR", ".demo")).resolve()
+
+
+def _secret_key(folder: Path) -> str:
+    path = folder / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the demo app; ``config`` overrides (tests pass their own database)."""
+    folder = demo_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    app = Flask(__name__, instance_path=str(folder))
+    app.config.update(
+        SECRET_KEY=_secret_key(folder),
+        SQLALCHEMY_DATABASE_URI=f"sqlite:///{folder / 'demo.db'}",
+        AAA_APP_NAME="Notes",
+        AAA_HOME_ENDPOINT="index",
+        AAA_DENY_BY_DEFAULT=True,
+        # The demo is served over plain HTTP on 127.0.0.1; a real deployment keeps the default
+        # (Secure, __Host- cookies) behind HTTPS.
+        AAA_SECURE_COOKIES=False,
+    )
+    if os.environ.get("AAA_RATELIMIT_STORAGE_URI"):
+        app.config["AAA_RATELIMIT_STORAGE_URI"] = os.environ["AAA_RATELIMIT_STORAGE_URI"]
+    if os.environ.get("FLASK_AAA_DEMO_DATABASE_URL"):
+        app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["FLASK_AAA_DEMO_DATABASE_URL"]
+    app.config.update(config or {})
+    aaa.init_app(app)
+    _register_views(app)
+    return app
+
+
+def _note(note_id: int) -> Note:
+    note = db.session.get(Note, note_id)
+    if note is None:
+        abort(404)
+    return note
+
+
+def _register_views(app: Flask) -> None:
+    @app.get("/")
+    @public
+    def index() -> str:
+        return render_template("demo/index.html")
+
+    @app.get("/notes")
+    @permissions_required("notes:read")
+    def notes() -> str:
+        rows = db.session.scalars(select(Note).order_by(Note.id.desc()).limit(100)).all()
+        return render_template("demo/notes.html", notes=rows, errors={})
+
+    @app.post("/notes")
+    @permissions_required("notes:write")
+    @audited("notes.created")
+    def create_note() -> Any:
+        title = request.form.get("title", "").strip()
+        body = request.form.get("body", "").strip()
+        if not title or len(title) > 120 or len(body) > 10_000:
+            raise InvalidInput(
+                {"title": "A title of 1 to 120 characters (and a body under 10,000) please."}
+            )
+        note = Note(owner_id=current_user.id, title=title, body=body)
+        db.session.add(note)
+        db.session.flush()
+        flash(f"Saved note {note.title!r}.", "success")
+        return redirect(url_for("notes"), 303)
+
+    @app.post("/notes/<int:note_id>/delete")
+    @permissions_required("notes:delete")
+    @audited("notes.deleted", target=lambda note_id: Target("note", str(note_id)))
+    def delete_note(note_id: int) -> Any:
+        note = _note(note_id)
+        db.session.delete(note)
+        flash(f"Deleted note {note.title!r}.", "success")
+        return redirect(url_for("notes"), 303)

@@ -1,0 +1,101 @@
+"""``python -m flask_aaa.demo``: create the database, seed it once, print how to sign in, serve."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+
+from sqlalchemy import select
+
+from ..migrations import upgrade
+from ..models import User
+from ..services import accounts, rbac
+from ..services.actors import Actor, RequestFacts
+from . import Note, create_app, db, demo_dir
+
+ROLES = {
+    "admin": ("Full administration", ["*"]),
+    "editor": ("Reads, writes and deletes notes", ["notes:*"]),
+    "reader": ("Reads notes", ["notes:read"]),
+}
+USERS = [("admin", "admin"), ("alice", "editor"), ("bob", "reader"), ("carol", None)]
+NOTES = [
+    ("Welcome", "Every change you make here is recorded in the audit trail."),
+    (
+        "Try this",
+        "Sign in as carol: she has no role, so /notes is refused. Grant her one from the CLI.",
+    ),
+]
+
+
+def seed() -> dict[str, str]:
+    """Create the schema and, on a new database, the demo roles, users and notes."""
+    upgrade(db.engine)
+    Note.__table__.create(db.engine, checkfirst=True)
+    credentials_file = demo_dir() / "credentials.txt"
+    if db.session.scalar(select(User.id).limit(1)) is None:
+        from flask import current_app
+
+        st = current_app.extensions["aaa"]
+        actor = Actor.system("demo-seed")
+        facts = RequestFacts.for_cli("demo-seed")
+        session = db.session()
+        roles = {}
+        for name, (description, permissions) in ROLES.items():
+            roles[name] = rbac.create_role(
+                session, actor=actor, name=name, description=description, facts=facts
+            )
+            for permission in permissions:
+                rbac.add_permission(
+                    session, actor=actor, role=roles[name], permission=permission, facts=facts
+                )
+        lines = []
+        for username, role in USERS:
+            password = "-".join(secrets.token_hex(3) for _ in range(4))
+            user = accounts.create_user(
+                session,
+                actor=actor,
+                settings=st.settings,
+                passwords=st.passwords,
+                username=username,
+                email=f"{username}@example.org",
+                password=password,
+                roles=[roles[role]] if role else [],
+                facts=facts,
+            )
+            lines.append(f"{username}\t{password}\t{role or '(no role)'}")
+            if username == "alice":
+                for title, body in NOTES:
+                    session.add(Note(owner_id=user.id, title=title, body=body))
+        session.commit()
+        credentials_file.write_text("\n".join(lines) + "\n")
+        credentials_file.chmod(0o600)
+    return dict(line.split("\t", 1) for line in credentials_file.read_text().splitlines() if line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the Flask-AAA demo application.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "5000")))
+    parser.add_argument(
+        "--setup-only", action="store_true", help="Create and seed the database, then exit."
+    )
+    args = parser.parse_args()
+    app = create_app()
+    with app.app_context():
+        credentials = seed()
+    folder = demo_dir()
+    print(f"\nFlask-AAA demo: http://{args.host}:{args.port}/\n")
+    print("Sign in as (username, password, role):")
+    for username, rest in credentials.items():
+        password, role = rest.split("\t")
+        print(f"  {username:8} {password}   {role}")
+    print(f"\nData: {folder}  (delete the folder to start over)")
+    print("CLI:  .venv/bin/flask --app flask_aaa.demo aaa grant-role carol reader\n")
+    if not args.setup_only:
+        app.run(host=args.host, port=args.port, threaded=True)
+
+
+if __name__ == "__main__":
+    main()

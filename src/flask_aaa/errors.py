@@ -1,0 +1,123 @@
+"""One exception tree for everything Flask-AAA raises.
+
+Each error carries a stable machine-readable ``code`` and the HTTP ``status`` it maps to;
+``web/security.py`` turns them into an HTML page or a JSON body in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class AAAError(Exception):
+    """Base of every error Flask-AAA raises."""
+
+    code = "error"
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigurationError(AAAError):
+    """The app's ``AAA_*`` settings are wrong. Raised at start-up, never per request."""
+
+    code = "configuration_error"
+    status = 500
+
+
+class InvalidInput(AAAError):
+    """A request's fields are missing, of the wrong type or fail validation."""
+
+    code = "invalid_input"
+    status = 400
+
+    def __init__(self, errors: Mapping[str, str], message: str = "The input is not valid.") -> None:
+        super().__init__(message)
+        self.errors = dict(errors)
+
+
+class AuthenticationFailed(AAAError):
+    """Credentials were wrong, or the account may not sign in. One message for every cause."""
+
+    code = "authentication_failed"
+    status = 401
+
+    def __init__(self, reason: str = "bad_credentials") -> None:
+        # ``reason`` is for the audit trail only; users always see the same message.
+        super().__init__("Invalid login or password.")
+        self.reason = reason
+
+
+class LoginRequired(AAAError):
+    """The resource needs a signed-in user."""
+
+    code = "login_required"
+    status = 401
+
+    def __init__(self) -> None:
+        super().__init__("Please sign in to continue.")
+
+
+class PermissionDenied(AAAError):
+    """The signed-in principal lacks a role or permission."""
+
+    code = "permission_denied"
+    status = 403
+
+    def __init__(self, requirement: str, message: str | None = None) -> None:
+        super().__init__(message or f"You do not have {requirement!r}.")
+        self.requirement = requirement
+
+
+class Conflict(AAAError):
+    """The change would break an invariant (a name in use, the last administrator, ...)."""
+
+    code = "conflict"
+    status = 409
+
+
+class NotFound(AAAError):
+    """The named user, role or permission does not exist (or is not visible to the caller)."""
+
+    code = "not_found"
+    status = 404
+
+
+class Throttled(AAAError):
+    """Too many attempts; retry after ``retry_after`` seconds."""
+
+    code = "throttled"
+    status = 429
+
+    def __init__(
+        self, retry_after: int, message: str = "Too many attempts. Try again later."
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailable(AAAError):
+    """A dependency (database, hashing capacity, audit trail) cannot serve the request now."""
+
+    code = "service_unavailable"
+    status = 503
+
+    def __init__(
+        self, message: str = "The service is busy. Try again shortly.", retry_after: int = 5
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AuditIntegrityError(AAAError):
+    """The audit chain does not verify; ``seq`` is the first event that is wrong."""
+
+    code = "audit_integrity"
+    status = 500
+
+    def __init__(self, seq: int | None, problem: str) -> None:
+        super().__init__(f"audit chain broken at seq {seq}: {problem}")
+        self.seq = seq
+        self.problem = problem

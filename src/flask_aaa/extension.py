@@ -1,0 +1,196 @@
+"""The Flask extension: ``AAA(app, db)`` or ``aaa.init_app(app)``.
+
+``init_app`` reads the settings, prepares the database engines, and wires Flask-Login (with
+server-side sessions behind it), CSRF protection, rate limits, security headers, error pages,
+the blueprints and the ``flask aaa`` commands. Its state lives in ``app.extensions["aaa"]``;
+one ``AAA`` object can serve several apps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from flask import Blueprint, Flask, g
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_login import LoginManager
+from flask_sqlalchemy import SQLAlchemy
+from flask_wtf.csrf import CSRFProtect
+
+from . import db as dbutil
+from .config import Settings
+from .errors import LoginRequired
+from .models import Base, User
+from .services import rbac, sessions
+from .services.passwords import PasswordService
+from .web import account, admin, auth, security
+from .web.context import AnonymousUser, current_user, state
+from .web.decorators import GUARD_ATTR
+
+
+@dataclasses.dataclass(slots=True)
+class AAAState:
+    """Everything Flask-AAA keeps per app (``app.extensions["aaa"]``)."""
+
+    settings: Settings
+    db: SQLAlchemy
+    passwords: PasswordService
+    limiter: Limiter
+    csrf: CSRFProtect
+    login_manager: LoginManager
+    grants: rbac.GrantsCache
+
+
+class AAA:
+    """Authentication, authorization and accounting for a Flask app.
+
+    ``db`` is the app's Flask-SQLAlchemy object; create it with
+    ``SQLAlchemy(model_class=flask_aaa.Base)`` so the app's models can reference users. Without
+    one, Flask-AAA creates its own (``aaa.db``)."""
+
+    def __init__(self, app: Flask | None = None, db: SQLAlchemy | None = None) -> None:
+        self.db = db if db is not None else SQLAlchemy(model_class=Base)
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        settings = Settings.from_config(app.config, debug=app.debug, testing=app.testing)
+        if "sqlalchemy" not in app.extensions:
+            self.db.init_app(app)
+        with app.app_context():
+            for engine in self.db.engines.values():
+                dbutil.configure_engine(engine)
+
+        _configure_cookies(app, settings)
+        login_manager = _login_manager(app)
+        csrf = app.extensions.get("csrf") or CSRFProtect(app)
+        limiter = Limiter(
+            get_remote_address,
+            app=app,
+            storage_uri=settings.ratelimit_storage_uri,
+            storage_options=_storage_options(settings.ratelimit_storage_uri),
+            in_memory_fallback_enabled=True,
+            headers_enabled=True,
+            key_prefix="aaa",
+            strategy="moving-window",
+        )
+        app.extensions["aaa"] = AAAState(
+            settings=settings,
+            db=self.db,
+            passwords=PasswordService(settings),
+            limiter=limiter,
+            csrf=csrf,
+            login_manager=login_manager,
+            grants=rbac.GrantsCache(),
+        )
+        security.install(app, settings)
+        if settings.deny_by_default:
+            app.before_request(_deny_unguarded)
+
+        assets = Blueprint(
+            "aaa_assets",
+            __name__,
+            template_folder="templates",
+            static_folder="static",
+            static_url_path="/aaa-static",
+        )
+        app.register_blueprint(assets)
+        with app.app_context():
+            app.register_blueprint(auth.create_blueprint(), url_prefix=settings.auth_url_prefix)
+            app.register_blueprint(
+                account.create_blueprint(), url_prefix=settings.account_url_prefix
+            )
+            app.register_blueprint(admin.create_blueprint(), url_prefix=settings.admin_url_prefix)
+
+        @app.context_processor
+        def _template_globals() -> dict[str, Any]:
+            return {"aaa_settings": settings}
+
+        from .cli import aaa_cli
+
+        app.cli.add_command(aaa_cli)
+
+
+def _configure_cookies(app: Flask, settings: Settings) -> None:
+    if app.config.get("SESSION_COOKIE_NAME", "session") == "session":
+        app.config["SESSION_COOKIE_NAME"] = settings.session_cookie_name
+    app.config["SESSION_COOKIE_SECURE"] = settings.secure_cookies
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
+    if app.config.get("SESSION_COOKIE_SAMESITE") is None:
+        app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    if settings.secure_cookies and app.config["SESSION_COOKIE_NAME"].startswith("__Host-"):
+        # The __Host- prefix requires Path=/ and no Domain attribute.
+        app.config["SESSION_COOKIE_DOMAIN"] = None
+        app.config["SESSION_COOKIE_PATH"] = "/"
+    # Flask-Login's own remember-me cookie is not used: sessions live on the server.
+    app.config["REMEMBER_COOKIE_SECURE"] = True
+    app.config["REMEMBER_COOKIE_HTTPONLY"] = True
+
+
+def _storage_options(uri: str) -> dict[str, str | int]:
+    # A Redis that does not answer must not stall logins: fail fast, then fall back to
+    # per-process counters (Flask-Limiter's in-memory fallback) until it is back.
+    if uri.startswith(("redis://", "rediss://", "redis+")):
+        return {"socket_connect_timeout": 1, "socket_timeout": 1}
+    return {}
+
+
+def _login_manager(app: Flask) -> LoginManager:
+    manager = LoginManager()
+    manager.init_app(app)
+    manager.session_protection = None  # the server-side session record is the protection
+    manager.anonymous_user = AnonymousUser
+
+    @manager.user_loader  # type: ignore[untyped-decorator]
+    def load(token: str) -> User | None:
+        st = state()
+        db = st.db.session()
+        resolved = sessions.resolve(db, token, settings=st.settings)
+        if resolved is None:
+            return None
+        user = resolved.user
+        user._aaa_session_token = token
+        user._aaa_grants = st.grants.get(db, user.id, resolved.authz_version)
+        g._aaa_login_session = resolved.session
+        sessions.touch(db.get_bind(), resolved.session, settings=st.settings)  # type: ignore[arg-type]
+        return user
+
+    @manager.unauthorized_handler  # type: ignore[untyped-decorator]
+    def unauthorized() -> Any:
+        raise LoginRequired()
+
+    return manager
+
+
+def _deny_unguarded() -> None:
+    """``AAA_DENY_BY_DEFAULT``: an endpoint without ``@public`` or a requirement is closed."""
+    from flask import current_app, request
+
+    endpoint = request.endpoint
+    if endpoint is None or endpoint == "static" or endpoint.endswith(".static"):
+        return
+    view = current_app.view_functions.get(endpoint)
+    if view is None or getattr(view, GUARD_ATTR, None) is not None:
+        return
+    if not current_user.is_authenticated:
+        raise LoginRequired()
+    from .web.context import current_actor, db_session, request_facts
+
+    rbac.deny(
+        db_session(),
+        current_actor(),
+        f"an explicit rule for endpoint {endpoint}",
+        facts=request_facts(),
+    )
+
+
+def unguarded_endpoints(app: Flask) -> list[str]:
+    """Endpoints with neither ``@public`` nor a requirement (deny-by-default closes them)."""
+    return sorted(
+        endpoint
+        for endpoint, view in app.view_functions.items()
+        if not (endpoint == "static" or endpoint.endswith(".static"))
+        and getattr(view, GUARD_ATTR, None) is None
+    )

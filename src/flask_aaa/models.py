@@ -1,0 +1,276 @@
+"""SQLAlchemy 2 models of Flask-AAA, on their own :class:`Base`.
+
+Share the metadata with your app so that your models can point at users with foreign keys::
+
+    db = SQLAlchemy(model_class=flask_aaa.Base)
+
+    class Note(db.Model):
+        owner_id: Mapped[int] = mapped_column(ForeignKey("aaa_users.id"))
+
+Every table is prefixed ``aaa_`` so that it never collides with the app's own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    event,
+    text,
+    true,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, registry, relationship
+
+from .db import UTCDateTime, utcnow
+
+if TYPE_CHECKING:
+    from .services.rbac import Grants
+
+#: The ``hash`` of the (absent) event before the first one.
+GENESIS_HASH = "0" * 64
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every Flask-AAA model; pass it to ``SQLAlchemy(model_class=...)``."""
+
+    registry = registry(type_annotation_map={dt.datetime: UTCDateTime()})
+
+
+user_roles = Table(
+    "aaa_user_roles",
+    Base.metadata,
+    Column("user_id", ForeignKey("aaa_users.id", ondelete="CASCADE"), primary_key=True),
+    Column("role_id", ForeignKey("aaa_roles.id", ondelete="CASCADE"), primary_key=True, index=True),
+)
+
+role_permissions = Table(
+    "aaa_role_permissions",
+    Base.metadata,
+    Column("role_id", ForeignKey("aaa_roles.id", ondelete="CASCADE"), primary_key=True),
+    Column(
+        "permission_id",
+        ForeignKey("aaa_permissions.id", ondelete="CASCADE"),
+        primary_key=True,
+        index=True,
+    ),
+)
+
+
+class User(Base):
+    """A person (or, later, a service) that can sign in.
+
+    ``username`` and ``email`` keep what the user typed (NFKC-normalized and trimmed);
+    ``username_key`` and ``email_key`` hold the casefolded form used for lookups and
+    uniqueness, so ``Alice`` and ``ALICE`` are one account.
+    """
+
+    __tablename__ = "aaa_users"
+    # Lets the two per-request attributes below carry plain (unmapped) annotations.
+    __allow_unmapped__ = True
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str | None] = mapped_column(String(64))
+    username_key: Mapped[str | None] = mapped_column(String(64), unique=True)
+    email: Mapped[str | None] = mapped_column(String(320))
+    email_key: Mapped[str | None] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    password_changed_at: Mapped[dt.datetime | None]
+    last_login_at: Mapped[dt.datetime | None]
+    last_login_ip: Mapped[str | None] = mapped_column(String(45))
+    login_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+
+    roles: Mapped[list[Role]] = relationship(
+        secondary=user_roles, back_populates="users", order_by="Role.name"
+    )
+
+    # Set by the web layer for the signed-in user: the raw session id (Flask-Login stores
+    # ``get_id()`` in the cookie) and the resolved grants. Never persisted.
+    _aaa_session_token: str | None = None
+    _aaa_grants: Grants | None = None
+
+    def __repr__(self) -> str:
+        return f"<User {self.id} {self.label!r}>"
+
+    @property
+    def label(self) -> str:
+        """How the user is named in pages and in the audit trail."""
+        return self.username or self.email or f"user-{self.id}"
+
+    # -- Flask-Login's user protocol (implemented here so the model needs no Flask import) --
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def is_active(self) -> bool:
+        return bool(self.active)
+
+    @property
+    def is_anonymous(self) -> bool:
+        return False
+
+    def get_id(self) -> str:
+        """The id Flask-Login keeps in the cookie: the server-side session's token, never the
+        user's primary key, so that revoking the session record ends the login."""
+        if self._aaa_session_token is None:
+            raise RuntimeError("this user has no login session in this request")
+        return self._aaa_session_token
+
+    # -- Authorization --
+
+    @property
+    def grants(self) -> Grants:
+        """The user's effective roles and permissions (resolved once, then cached)."""
+        if self._aaa_grants is None:
+            from .services.rbac import Grants
+
+            self._aaa_grants = Grants.from_roles(self.roles)
+        return self._aaa_grants
+
+    def has_role(self, *names: str) -> bool:
+        """True if the user has every one of ``names``."""
+        return all(name in self.grants.roles for name in names)
+
+    def has_permission(self, *permissions: str) -> bool:
+        """True if the user holds every one of ``permissions`` (wildcards honoured)."""
+        return all(self.grants.allows(p) for p in permissions)
+
+
+class Role(Base):
+    """A named set of permissions given to users."""
+
+    __tablename__ = "aaa_roles"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    users: Mapped[list[User]] = relationship(secondary=user_roles, back_populates="roles")
+    permissions: Mapped[list[Permission]] = relationship(
+        secondary=role_permissions, back_populates="roles", order_by="Permission.name"
+    )
+
+    def __repr__(self) -> str:
+        return f"<Role {self.name!r}>"
+
+
+class Permission(Base):
+    """A ``resource:action`` string; ``resource:*`` and ``*`` are wildcards."""
+
+    __tablename__ = "aaa_permissions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str] = mapped_column(String(255), default="", server_default="")
+
+    roles: Mapped[list[Role]] = relationship(
+        secondary=role_permissions, back_populates="permissions"
+    )
+
+    def __repr__(self) -> str:
+        return f"<Permission {self.name!r}>"
+
+
+class LoginSession(Base):
+    """A server-side login session. Only the SHA-256 of its token is stored."""
+
+    __tablename__ = "aaa_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("aaa_users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    ip: Mapped[str | None] = mapped_column(String(45))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+    revoked_at: Mapped[dt.datetime | None]
+    revoked_reason: Mapped[str | None] = mapped_column(String(64))
+
+    user: Mapped[User] = relationship()
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+class AuthzState(Base):
+    """One row: a version bumped by every grant or revoke, so every worker's cache of
+    effective permissions notices the change on its next request."""
+
+    __tablename__ = "aaa_authz_state"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class AuditEvent(Base):
+    """One entry of the append-only, hash-chained audit trail.
+
+    ``seq`` numbers events without gaps; ``hash`` is the SHA-256 of the event's canonical
+    encoding, which includes ``prev_hash``, the hash of the event before it.
+    ``actor_id`` is deliberately not a foreign key: events outlive the users they name.
+    """
+
+    __tablename__ = "aaa_audit_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    ts: Mapped[dt.datetime]
+    actor_type: Mapped[str] = mapped_column(String(16))
+    actor_id: Mapped[int | None]
+    actor_name: Mapped[str | None] = mapped_column(String(320))
+    action: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    target_type: Mapped[str | None] = mapped_column(String(32))
+    target_id: Mapped[str | None] = mapped_column(String(64))
+    target_label: Mapped[str | None] = mapped_column(String(320))
+    ip: Mapped[str | None] = mapped_column(String(45))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    session_hash: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[str] = mapped_column(Text, default="{}")
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_aaa_audit_actor_seq", "actor_id", "seq"),
+        Index("ix_aaa_audit_action_seq", "action", "seq"),
+        Index("ix_aaa_audit_outcome_seq", "outcome", "seq"),
+        Index("ix_aaa_audit_ts", "ts"),
+    )
+
+
+class AuditHead(Base):
+    """One row: the last sealed ``seq`` and its ``hash``. Appends lock it, which serializes
+    them; verification compares it with the last event, which catches a cut-off tail."""
+
+    __tablename__ = "aaa_audit_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    hash: Mapped[str] = mapped_column(String(64), default=GENESIS_HASH)
+
+
+def _seed_singletons(target: Table, connection: Any, **_: Any) -> None:
+    """``create_all`` seeds the single-row tables just as the migration does."""
+    if target.name == "aaa_authz_state":
+        connection.execute(target.insert().values(id=1, version=1))
+    elif target.name == "aaa_audit_head":
+        connection.execute(target.insert().values(id=1, seq=0, hash=GENESIS_HASH))
+
+
+event.listen(AuthzState.__table__, "after_create", _seed_singletons)
+event.listen(AuditHead.__table__, "after_create", _seed_singletons)

@@ -1,0 +1,356 @@
+"""Accounts: identifiers, registration, authentication, password change, enable/disable.
+
+Identifiers are normalized (NFKC, trimmed; casefolded for lookup and uniqueness) before
+anything else: ``Alice``, ``ALICE`` and its full-width form are one account and one
+throttling key.
+Authentication does the same work and gives the same answer whether the login is unknown,
+the password wrong or the account disabled; only the audit trail knows which.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import unicodedata
+from collections.abc import Sequence
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from ..config import Settings
+from ..db import utcnow
+from ..errors import AuthenticationFailed, Conflict, InvalidInput
+from ..models import LoginSession, Role, User
+from . import audit, rbac, sessions
+from .actors import Actor, RequestFacts
+from .passwords import PasswordService
+
+USERNAME_MIN, USERNAME_MAX = 3, 32
+EMAIL_MAX = 254
+#: Longest login identifier looked at; anything longer cannot match and is refused early.
+LOGIN_MAX = EMAIL_MAX
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Identifier:
+    """A normalized identifier: ``display`` as typed (NFKC, trimmed), ``key`` for lookups."""
+
+    display: str
+    key: str
+
+
+def _clean(value: str) -> str:
+    value = unicodedata.normalize("NFKC", value).strip()
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in value):
+        raise InvalidInput({"login": "Control characters are not allowed."})
+    return value
+
+
+def normalize_username(value: str) -> Identifier:
+    try:
+        value = _clean(value)
+    except InvalidInput:
+        raise InvalidInput({"username": "Control characters are not allowed."}) from None
+    if not USERNAME_MIN <= len(value) <= USERNAME_MAX:
+        raise InvalidInput({"username": f"Use {USERNAME_MIN} to {USERNAME_MAX} characters."})
+    if not all(ch.isalnum() or ch in "._-" for ch in value) or "@" in value:
+        raise InvalidInput({"username": "Use letters, digits, '.', '_' and '-' only."})
+    return Identifier(value, value.casefold())
+
+
+def normalize_email(value: str) -> Identifier:
+    try:
+        value = _clean(value)
+    except InvalidInput:
+        raise InvalidInput({"email": "Control characters are not allowed."}) from None
+    if len(value) > EMAIL_MAX:
+        raise InvalidInput({"email": "This email address is too long."})
+    try:
+        info = validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidInput({"email": str(exc)}) from None
+    return Identifier(info.normalized, info.normalized.casefold())
+
+
+def login_key(value: str) -> str:
+    """The normalized form of whatever a user typed into the login field (for lookups and
+    per-account throttling). Never raises: junk normalizes to junk that matches nothing."""
+    value = unicodedata.normalize("NFKC", value[: LOGIN_MAX + 1]).strip().casefold()
+    return value
+
+
+def find_by_login(db: Session, settings: Settings, login: str) -> User | None:
+    key = login_key(login)
+    if not key or len(key) > LOGIN_MAX:
+        return None
+    clauses = []
+    if settings.enable_email and "@" in key:
+        clauses.append(User.email_key == key)
+    if settings.enable_username and "@" not in key:
+        clauses.append(User.username_key == key)
+    if not clauses:
+        return None
+    return db.scalar(select(User).where(or_(*clauses)))
+
+
+# -- creating accounts --
+
+
+def _identifiers(
+    db: Session, settings: Settings, username: str | None, email: str | None
+) -> tuple[Identifier | None, Identifier | None]:
+    errors: dict[str, str] = {}
+    uname = mail = None
+    if settings.enable_username:
+        if not username:
+            errors["username"] = "A username is required."
+        else:
+            try:
+                uname = normalize_username(username)
+            except InvalidInput as exc:
+                errors.update(exc.errors)
+    if settings.enable_email:
+        if not email:
+            errors["email"] = "An email address is required."
+        else:
+            try:
+                mail = normalize_email(email)
+            except InvalidInput as exc:
+                errors.update(exc.errors)
+    if errors:
+        raise InvalidInput(errors)
+    if uname and db.scalar(select(User.id).where(User.username_key == uname.key)) is not None:
+        errors["username"] = "This username is taken."
+    if mail and db.scalar(select(User.id).where(User.email_key == mail.key)) is not None:
+        errors["email"] = "This email address cannot be used."
+    if errors:
+        raise InvalidInput(errors)
+    return uname, mail
+
+
+def _new_user(
+    db: Session,
+    *,
+    settings: Settings,
+    passwords: PasswordService,
+    username: str | None,
+    email: str | None,
+    password: str,
+) -> User:
+    passwords.check_length(password)
+    uname, mail = _identifiers(db, settings, username, email)
+    password = passwords.check_policy(
+        password, identifiers=[uname.display if uname else None, mail.display if mail else None]
+    )
+    user = User(
+        username=uname.display if uname else None,
+        username_key=uname.key if uname else None,
+        email=mail.display if mail else None,
+        email_key=mail.key if mail else None,
+        password_hash=passwords.hash(password),
+        password_changed_at=utcnow(),
+        active=True,
+    )
+    db.add(user)
+    db.flush()
+    return user
+
+
+def register(
+    db: Session,
+    *,
+    settings: Settings,
+    passwords: PasswordService,
+    username: str | None,
+    email: str | None,
+    password: str,
+    facts: RequestFacts,
+) -> User:
+    """Self-service sign-up. Gives the configured default role; audited as the new user."""
+    user = _new_user(
+        db,
+        settings=settings,
+        passwords=passwords,
+        username=username,
+        email=email,
+        password=password,
+    )
+    if settings.default_role:
+        role = db.scalar(select(Role).where(Role.name == settings.default_role))
+        if role is None:
+            role = Role(name=rbac.validate_role_name(settings.default_role))
+            db.add(role)
+        user.roles.append(role)
+        rbac.bump_version(db)
+    audit.record(
+        db,
+        action="user.registered",
+        actor=Actor.of(user),
+        target=user,
+        facts=facts,
+        details={"roles": [r.name for r in user.roles]},
+    )
+    return user
+
+
+def create_user(
+    db: Session,
+    *,
+    actor: Actor,
+    settings: Settings,
+    passwords: PasswordService,
+    username: str | None,
+    email: str | None,
+    password: str,
+    roles: Sequence[Role] = (),
+    facts: RequestFacts | None = None,
+) -> User:
+    """An administrator (or the CLI) creates an account, optionally with roles."""
+    rbac.check(db, actor, [rbac.MANAGE_USERS], facts=facts)
+    user = _new_user(
+        db,
+        settings=settings,
+        passwords=passwords,
+        username=username,
+        email=email,
+        password=password,
+    )
+    audit.record(db, action="user.created", actor=actor, target=user, facts=facts)
+    for role in roles:
+        rbac.grant_role(db, actor=actor, user=user, role=role, facts=facts)
+    return user
+
+
+# -- signing in --
+
+
+def authenticate(
+    db: Session,
+    *,
+    settings: Settings,
+    passwords: PasswordService,
+    login: str,
+    password: str,
+    facts: RequestFacts,
+) -> User:
+    """Check a login and password. On success update the login statistics (and upgrade a
+    legacy hash) in ``db`` and record ``auth.login.succeeded``; the caller opens the session
+    and commits. On failure record ``auth.login.failed`` apart and raise
+    :class:`AuthenticationFailed`, identical for every cause."""
+    passwords.check_length(password)
+    user = find_by_login(db, settings, login)
+    ok, new_hash = passwords.verify(password, user.password_hash if user else None)
+    reason = None
+    if user is None:
+        reason = "unknown_login"
+    elif not ok:
+        reason = "bad_password"
+    elif not user.active:
+        reason = "disabled"
+    if reason is not None:
+        actor = Actor.of(user) if user is not None else Actor.anonymous()
+        audit.record_apart(
+            db,
+            action="auth.login.failed",
+            actor=actor,
+            outcome="failure",
+            facts=facts,
+            target=user,
+            details={"reason": reason},
+        )
+        raise AuthenticationFailed(reason)
+    if user is None:  # unreachable (reason is set), but says so to the type checker
+        raise AuthenticationFailed("unknown_login")
+    if new_hash is not None:
+        user.password_hash = new_hash
+    user.last_login_at = utcnow()
+    user.last_login_ip = facts.ip
+    user.login_count = (user.login_count or 0) + 1
+    audit.record(
+        db,
+        action="auth.login.succeeded",
+        actor=Actor.of(user),
+        target=user,
+        facts=facts,
+        details={"hash_upgraded": True} if new_hash else {},
+    )
+    return user
+
+
+def logout(db: Session, *, user: User, session: LoginSession, facts: RequestFacts) -> None:
+    sessions.revoke(db, session, reason="logout")
+    audit.record(db, action="auth.logout", actor=Actor.of(user), target=user, facts=facts)
+
+
+def change_password(
+    db: Session,
+    *,
+    settings: Settings,
+    passwords: PasswordService,
+    user: User,
+    current: str,
+    new: str,
+    session: LoginSession | None,
+    facts: RequestFacts,
+) -> int:
+    """Change ``user``'s password after checking the current one. Every other session of
+    the user ends; returns how many. The caller rotates the current session."""
+    passwords.check_length(current)
+    passwords.check_length(new)
+    ok, _ = passwords.verify(current, user.password_hash)
+    if not ok:
+        audit.record_apart(
+            db,
+            action="auth.password.change_failed",
+            actor=Actor.of(user),
+            outcome="failure",
+            target=user,
+            facts=facts,
+            details={"reason": "bad_current_password"},
+        )
+        raise InvalidInput({"current_password": "The current password is not correct."})
+    new = passwords.check_policy(new, identifiers=[user.username, user.email])
+    user.password_hash = passwords.hash(new)
+    user.password_changed_at = utcnow()
+    ended = sessions.revoke_all(db, user, reason="password_changed", keep=session)
+    audit.record(
+        db,
+        action="auth.password.changed",
+        actor=Actor.of(user),
+        target=user,
+        facts=facts,
+        details={"other_sessions_ended": ended},
+    )
+    return ended
+
+
+def set_active(
+    db: Session, *, actor: Actor, user: User, active: bool, facts: RequestFacts | None = None
+) -> bool:
+    """Enable or disable an account. Disabling ends its sessions; the last full
+    administrator cannot be disabled. False if nothing changed."""
+    rbac.check(db, actor, [rbac.MANAGE_USERS], facts=facts, target=user)
+    if user.active == active:
+        return False
+    if not active and not rbac.admins_remain_without(db, user):
+        raise Conflict("this would leave nobody with full administration")
+    user.active = active
+    ended = 0 if active else sessions.revoke_all(db, user, reason="account_disabled")
+    audit.record(
+        db,
+        action="user.enabled" if active else "user.disabled",
+        actor=actor,
+        target=user,
+        facts=facts,
+        details={} if active else {"sessions_ended": ended},
+    )
+    return True
+
+
+def find_user(db: Session, settings: Settings, name: str) -> User | None:
+    """Look a user up by username, email or ``#id`` (CLI and admin pages)."""
+    if name.startswith("#") and name[1:].isdigit():
+        return db.get(User, int(name[1:]))
+    return find_by_login(
+        db, dataclasses.replace(settings, enable_username=True, enable_email=True), name
+    )

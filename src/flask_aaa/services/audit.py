@@ -1,0 +1,401 @@
+"""The audit trail: record, seal into a hash chain, verify, query and export.
+
+Recording is two steps. :func:`record` builds the event and parks it on the caller's
+session; it gets no number yet. When that session commits, a ``before_commit`` hook locks the
+one-row ``aaa_audit_head`` (``SELECT ... FOR UPDATE`` on PostgreSQL, the write lock on
+SQLite), numbers the parked events, chains their hashes and inserts them in the same
+transaction as the action. So the action and its event commit together or not at all, the
+lock is held only for the few statements of the commit, and concurrent writers never break
+the chain or leave a gap. After the commit each event is mirrored as one JSON line to the
+``flask_aaa.audit`` logger.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Select, event, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from ..db import utcnow, writing
+from ..errors import InvalidInput, ServiceUnavailable
+from ..models import GENESIS_HASH, AuditEvent, AuditHead, Permission, Role, User
+from .actors import Actor, RequestFacts
+
+logger = logging.getLogger("flask_aaa.audit")
+_errors = logging.getLogger("flask_aaa")
+
+OUTCOMES = ("success", "failure", "denied")
+
+_PENDING = "aaa_audit_pending"
+_SEALED = "aaa_audit_sealed"
+_MIRROR = "aaa_audit_mirror"
+
+#: Keys that would put a secret into the trail. ``details`` containing one is a bug.
+_SECRET_WORDS = ("password", "secret", "token", "otp", "recovery_code")
+
+#: Order of the fields in the hashed encoding. Changing it breaks every existing chain.
+_HASHED_FIELDS = (
+    "seq",
+    "ts",
+    "actor_type",
+    "actor_id",
+    "actor_name",
+    "action",
+    "outcome",
+    "target_type",
+    "target_id",
+    "target_label",
+    "ip",
+    "user_agent",
+    "request_id",
+    "session_hash",
+    "details",
+    "prev_hash",
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Target:
+    """What an action was done to."""
+
+    type: str
+    id: str | None = None
+    label: str | None = None
+
+    @classmethod
+    def of(cls, obj: object) -> Target:
+        if isinstance(obj, Target):
+            return obj
+        if isinstance(obj, User):
+            return cls("user", str(obj.id), obj.label)
+        if isinstance(obj, Role):
+            return cls("role", str(obj.id), obj.name)
+        if isinstance(obj, Permission):
+            return cls("permission", str(obj.id), obj.name)
+        raise TypeError(f"cannot describe {type(obj).__name__} as an audit target; pass a Target")
+
+
+def record(
+    db: Session,
+    *,
+    action: str,
+    actor: Actor,
+    outcome: str = "success",
+    target: object | None = None,
+    details: Mapping[str, Any] | None = None,
+    facts: RequestFacts | None = None,
+    mirror: bool = True,
+) -> AuditEvent:
+    """Add an event to ``db``'s current transaction. It is numbered, chained and written when
+    ``db`` commits, and discarded if ``db`` rolls back (as the action it records is)."""
+    event_ = _build(action, actor, outcome, target, details, facts)
+    _park(db, event_, mirror)
+    return event_
+
+
+def _park(db: Session, event_: AuditEvent, mirror: bool) -> None:
+    db.info.setdefault(_PENDING, []).append(event_)
+    db.info[_MIRROR] = mirror
+
+
+def _build(
+    action: str,
+    actor: Actor,
+    outcome: str,
+    target: object | None,
+    details: Mapping[str, Any] | None,
+    facts: RequestFacts | None,
+) -> AuditEvent:
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {OUTCOMES}")
+    if not action or len(action) > 64:
+        raise ValueError("action must be a dotted name of at most 64 characters")
+    facts = facts or RequestFacts()
+    tgt = Target.of(target) if target is not None else None
+    event_ = AuditEvent(
+        ts=utcnow(),
+        actor_type=actor.kind,
+        actor_id=actor.user_id,
+        actor_name=_clip(actor.name, 320),
+        action=action,
+        outcome=outcome,
+        target_type=tgt.type if tgt else None,
+        target_id=_clip(tgt.id, 64) if tgt else None,
+        target_label=_clip(tgt.label, 320) if tgt else None,
+        ip=_clip(facts.ip, 45),
+        user_agent=_clip(facts.user_agent, 512),
+        request_id=_clip(facts.request_id, 64),
+        session_hash=facts.session_hash,
+        details=_encode_details(details or {}),
+    )
+    return event_
+
+
+def record_apart(
+    db: Session,
+    *,
+    action: str,
+    actor: Actor,
+    outcome: str,
+    target: object | None = None,
+    details: Mapping[str, Any] | None = None,
+    facts: RequestFacts | None = None,
+    mirror: bool = True,
+) -> None:
+    """Record a failed or denied attempt in a transaction of its own and commit it.
+
+    The caller's transaction is rolled back first: the attempt failed, so nothing of it may
+    be kept, and on SQLite the caller's transaction may hold the write lock this needs. If
+    the trail cannot be written, fail closed with a 503."""
+    # Read everything the event needs before the rollback expires the caller's objects.
+    event_ = _build(action, actor, outcome, target, details, facts)
+    db.rollback()
+    try:
+        with writing():
+            _park(db, event_, mirror)
+            db.commit()
+    except SQLAlchemyError as exc:
+        db.rollback()
+        _errors.error("audit trail unavailable; refusing %s (%s)", action, type(exc).__name__)
+        raise ServiceUnavailable("The audit trail is unavailable. Try again shortly.") from exc
+
+
+def event_hash(fields: Mapping[str, Any]) -> str:
+    """SHA-256 over the canonical JSON encoding of an event's hashed fields."""
+    values = [fields[name] for name in _HASHED_FIELDS]
+    encoded = json.dumps(values, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+
+
+def _fields(event_: AuditEvent) -> dict[str, Any]:
+    return {
+        "seq": event_.seq,
+        "ts": _ts_text(event_.ts),
+        "actor_type": event_.actor_type,
+        "actor_id": event_.actor_id,
+        "actor_name": event_.actor_name,
+        "action": event_.action,
+        "outcome": event_.outcome,
+        "target_type": event_.target_type,
+        "target_id": event_.target_id,
+        "target_label": event_.target_label,
+        "ip": event_.ip,
+        "user_agent": event_.user_agent,
+        "request_id": event_.request_id,
+        "session_hash": event_.session_hash,
+        "details": event_.details,
+        "prev_hash": event_.prev_hash,
+    }
+
+
+def _ts_text(ts: dt.datetime) -> str:
+    # Microseconds are kept by both databases; the canonical form is naive UTC ISO 8601.
+    return ts.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
+
+
+@event.listens_for(Session, "before_commit")
+def _seal(db: Session) -> None:
+    pending: list[AuditEvent] | None = db.info.pop(_PENDING, None)
+    if not pending:
+        return
+    head_seq, head_hash = db.execute(
+        select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
+    ).one()
+    for event_ in pending:
+        head_seq += 1
+        event_.seq = head_seq
+        event_.prev_hash = head_hash
+        event_.hash = head_hash = event_hash(_fields(event_))
+    db.add_all(pending)
+    db.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=head_seq, hash=head_hash))
+    db.info.setdefault(_SEALED, []).extend(pending)
+
+
+@event.listens_for(Session, "after_commit")
+def _mirror(db: Session) -> None:
+    sealed: list[AuditEvent] | None = db.info.pop(_SEALED, None)
+    if not sealed or not db.info.pop(_MIRROR, True):
+        return
+    for event_ in sealed:
+        logger.info(json.dumps(as_dict(event_), ensure_ascii=True, separators=(",", ":")))
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget(db: Session, _transaction: Any) -> None:
+    db.info.pop(_PENDING, None)
+    db.info.pop(_SEALED, None)
+
+
+def as_dict(event_: AuditEvent) -> dict[str, Any]:
+    """The event as plain JSON-ready data (``details`` decoded)."""
+    data = _fields(event_)
+    data["ts"] = data["ts"] + "Z"
+    data["details"] = json.loads(event_.details or "{}")
+    data["hash"] = event_.hash
+    return data
+
+
+# -- verification --
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """Result of :func:`verify_chain`. ``first_bad_seq`` is None when the chain holds."""
+
+    checked: int
+    last_seq: int
+    first_bad_seq: int | None = None
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.first_bad_seq is None and self.problem is None
+
+
+def verify_chain(db: Session, *, batch: int = 5_000) -> VerifyReport:
+    """Recompute every event's hash in ``seq`` order and check the links between them.
+
+    Finds an edited event (its hash no longer matches), a deleted or inserted event (a gap or
+    an extra number, a broken link), a reordering (hashes cover ``seq``), and a cut-off tail
+    (the head row no longer matches the last event)."""
+    expected_seq, prev = 1, GENESIS_HASH
+    checked = 0
+    columns = [getattr(AuditEvent, name) for name in _HASHED_FIELDS] + [AuditEvent.hash]
+    while True:
+        rows = db.execute(
+            select(*columns)
+            .where(AuditEvent.seq >= expected_seq)
+            .order_by(AuditEvent.seq)
+            .limit(batch)
+        ).all()
+        if not rows:
+            break
+        for row in rows:
+            fields = dict(zip(_HASHED_FIELDS, row, strict=False))
+            seq = fields["seq"]
+            if seq != expected_seq:
+                return VerifyReport(
+                    checked, expected_seq - 1, expected_seq, f"event {expected_seq} is missing"
+                )
+            if fields["prev_hash"] != prev:
+                return VerifyReport(checked, seq, seq, "link to the previous event is broken")
+            fields["ts"] = _ts_text(fields["ts"])
+            if event_hash(fields) != row.hash:
+                return VerifyReport(checked, seq, seq, "event content does not match its hash")
+            prev = row.hash
+            expected_seq += 1
+            checked += 1
+    last_seq = expected_seq - 1
+    head_seq, head_hash = db.execute(
+        select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)
+    ).one()
+    if head_seq != last_seq or head_hash != prev:
+        bad = last_seq + 1 if head_seq > last_seq else head_seq
+        return VerifyReport(
+            checked,
+            last_seq,
+            bad,
+            "the trail's end does not match the head record (events cut off or added)",
+        )
+    return VerifyReport(checked, last_seq)
+
+
+# -- query and export --
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Filters for listing and exporting events. Every field is bound as a parameter."""
+
+    actor_id: int | None = None
+    action: str | None = None  # exact, or a prefix when it ends with "." or "*"
+    outcome: str | None = None
+    ip: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.outcome is not None and self.outcome not in OUTCOMES:
+            raise InvalidInput({"outcome": f"Use one of {', '.join(OUTCOMES)}."})
+        if self.since and self.until and self.since > self.until:
+            raise InvalidInput({"since": "The start of the range is after its end."})
+
+    def apply(self, stmt: Select[Any]) -> Select[Any]:
+        if self.actor_id is not None:
+            stmt = stmt.where(AuditEvent.actor_id == self.actor_id)
+        if self.action:
+            if self.action.endswith(("*", ".")):
+                prefix = self.action.rstrip("*")
+                stmt = stmt.where(AuditEvent.action.startswith(prefix, autoescape=True))
+            else:
+                stmt = stmt.where(AuditEvent.action == self.action)
+        if self.outcome:
+            stmt = stmt.where(AuditEvent.outcome == self.outcome)
+        if self.ip:
+            stmt = stmt.where(AuditEvent.ip == self.ip)
+        if self.since:
+            stmt = stmt.where(AuditEvent.ts >= self.since)
+        if self.until:
+            stmt = stmt.where(AuditEvent.ts <= self.until)
+        return stmt
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Page:
+    """One page of events, newest first; pass ``next_before`` back to get the next page."""
+
+    events: Sequence[AuditEvent]
+    next_before: int | None
+
+
+def query(db: Session, flt: AuditFilter, *, limit: int = 50, before: int | None = None) -> Page:
+    """Newest events matching ``flt``, with keyset pagination on ``seq``."""
+    stmt = flt.apply(select(AuditEvent))
+    if before is not None:
+        stmt = stmt.where(AuditEvent.seq < before)
+    rows = list(db.scalars(stmt.order_by(AuditEvent.seq.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, rows[-1].seq if more and rows else None)
+
+
+def export_jsonl(db: Session, flt: AuditFilter, *, batch: int = 2_000) -> Iterator[str]:
+    """Every matching event, oldest first, as JSON lines, read in batches by ``seq`` so that
+    memory stays constant however long the trail is."""
+    columns = [getattr(AuditEvent, name) for name in _HASHED_FIELDS] + [AuditEvent.hash]
+    after = 0
+    while True:
+        stmt = flt.apply(select(*columns)).where(AuditEvent.seq > after)
+        rows = db.execute(stmt.order_by(AuditEvent.seq).limit(batch)).all()
+        if not rows:
+            return
+        for row in rows:
+            data = row._asdict()
+            data["ts"] = _ts_text(data["ts"]) + "Z"
+            data["details"] = json.loads(data["details"] or "{}")
+            yield json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n"
+        after = rows[-1].seq
+
+
+def _encode_details(details: Mapping[str, Any]) -> str:
+    for key in details:
+        lowered = str(key).lower()
+        if any(word in lowered for word in _SECRET_WORDS) and not lowered.endswith(
+            ("_changed", "_kind")
+        ):
+            raise ValueError(f"audit details must not carry secrets (key {key!r})")
+    return json.dumps(
+        dict(details), ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str
+    )
+
+
+def _clip(value: str | None, size: int) -> str | None:
+    return None if value is None else value[:size]

@@ -1,0 +1,172 @@
+"""Password hashing and password rules.
+
+Hashing is argon2id through pwdlib. Hashes made by Flask-User (bcrypt, ``$2b$``/``$2a$``)
+still verify and are replaced by argon2id at the next successful login. Verification of an
+unknown user runs against a dummy hash with the same parameters, so that an unknown login
+and a wrong password cost the same time.
+
+Rules follow NIST SP 800-63B: a length range counted in code points after NFKC
+normalization, no composition rules, no truncation, and a refusal of common passwords and of
+passwords built from the account's own name.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import threading
+import unicodedata
+from collections.abc import Iterable
+
+from pwdlib import PasswordHash
+from pwdlib.exceptions import UnknownHashError
+from pwdlib.hashers.argon2 import Argon2Hasher
+from pwdlib.hashers.bcrypt import BcryptHasher
+
+from ..config import Settings
+from ..errors import InvalidInput, ServiceUnavailable
+
+#: bcrypt only ever looked at the first 72 bytes. Legacy hashes are checked the same way
+#: (that is how they were made); every new hash is argon2id over the whole password.
+_BCRYPT_MAX_BYTES = 72
+
+
+def normalize_password(password: str) -> str:
+    """NFKC, so that the same password typed on different keyboards hashes the same."""
+    return unicodedata.normalize("NFKC", password)
+
+
+@functools.cache
+def common_passwords() -> frozenset[str]:
+    """The shipped list of common passwords (NFKC, casefolded)."""
+    text = (
+        importlib.resources.files("flask_aaa")
+        .joinpath("data/common-passwords.txt")
+        .read_text(encoding="utf-8")
+    )
+    return frozenset(line for line in text.splitlines() if line)
+
+
+def _has_control_characters(value: str) -> bool:
+    return any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value)
+
+
+class PasswordService:
+    """Hashes and verifies passwords, and enforces the password rules, for one app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        params = settings.hash_parameters
+        self._argon2 = Argon2Hasher(
+            time_cost=params["time_cost"],
+            memory_cost=params["memory_cost"],
+            parallelism=params["parallelism"],
+        )
+        self._hash = PasswordHash((self._argon2, BcryptHasher()))
+        self._slots = threading.BoundedSemaphore(settings.password_hash_concurrency)
+        self._dummy_hash = self._argon2.hash("dummy password for unknown users")
+
+    # -- rules --
+
+    def check_length(self, password: str) -> None:
+        """Refuse a password too long to hash; cheap, so run it before anything else."""
+        if len(password) > self.settings.password_max_length:
+            raise InvalidInput(
+                {"password": f"Use at most {self.settings.password_max_length} characters."}
+            )
+
+    def check_policy(
+        self,
+        password: str,
+        *,
+        identifiers: Iterable[str | None] = (),
+        min_length: int | None = None,
+    ) -> str:
+        """Validate a *new* password and return its normalized form.
+
+        ``identifiers`` are the account's username and email: a password containing one of
+        them (or the app's name) is refused."""
+        self.check_length(password)
+        password = normalize_password(password)
+        minimum = min_length or self.settings.password_min_length
+        if _has_control_characters(password):
+            raise InvalidInput({"password": "Control characters are not allowed in passwords."})
+        if len(password) < minimum:
+            raise InvalidInput({"password": f"Use at least {minimum} characters."})
+        if len(password) > self.settings.password_max_length:
+            raise InvalidInput(
+                {"password": f"Use at most {self.settings.password_max_length} characters."}
+            )
+        folded = password.casefold()
+        if self.settings.password_check_common and folded.strip() in common_passwords():
+            raise InvalidInput({"password": "This password is too common. Choose another."})
+        words = [self.settings.app_name, *identifiers]
+        for word in words:
+            if not word:
+                continue
+            key = normalize_password(word).casefold()
+            local = key.split("@", 1)[0]
+            for part in {key, local}:
+                if len(part) >= 4 and part in folded:
+                    raise InvalidInput(
+                        {"password": "Do not use your name, email or the app's name in it."}
+                    )
+        return password
+
+    # -- hashing --
+
+    def hash(self, password: str) -> str:
+        """argon2id hash of the normalized ``password``."""
+        with self._slot():
+            return self._argon2.hash(normalize_password(password))
+
+    def verify(self, password: str, stored_hash: str | None) -> tuple[bool, str | None]:
+        """Check ``password``; return ``(ok, new_hash)`` where ``new_hash`` is set when the
+        stored hash is legacy or weaker than the current preset and should be replaced.
+
+        With ``stored_hash=None`` (unknown user, or an account without a password) the
+        dummy hash is verified instead, so the cost is the same, and the answer is False."""
+        self.check_length(password)
+        password = normalize_password(password)
+        with self._slot():
+            if stored_hash is None:
+                self._argon2.verify(password, self._dummy_hash)
+                return False, None
+            if BcryptHasher.identify(stored_hash):
+                return self._verify_bcrypt(password, stored_hash)
+            try:
+                return self._hash.verify_and_update(password, stored_hash)
+            except UnknownHashError:
+                self._argon2.verify(password, self._dummy_hash)
+                return False, None
+
+    def _verify_bcrypt(self, password: str, stored_hash: str) -> tuple[bool, str | None]:
+        candidate = password.encode()[:_BCRYPT_MAX_BYTES]
+        try:
+            ok = BcryptHasher().verify(candidate, stored_hash)
+        except ValueError:
+            return False, None
+        return ok, (self._argon2.hash(password) if ok else None)
+
+    def needs_rehash(self, stored_hash: str) -> bool:
+        return not Argon2Hasher.identify(stored_hash) or self._argon2.check_needs_rehash(
+            stored_hash
+        )
+
+    def _slot(self) -> _Slot:
+        return _Slot(self._slots, self.settings.password_hash_wait)
+
+
+class _Slot:
+    """A hashing slot: waits briefly, then answers 503 rather than queueing without bound."""
+
+    def __init__(self, semaphore: threading.BoundedSemaphore, wait: float) -> None:
+        self._semaphore = semaphore
+        self._wait = wait
+
+    def __enter__(self) -> None:
+        if not self._semaphore.acquire(timeout=self._wait):
+            raise ServiceUnavailable("Too many sign-ins at once. Try again shortly.", retry_after=2)
+
+    def __exit__(self, *exc: object) -> None:
+        self._semaphore.release()

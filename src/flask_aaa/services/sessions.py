@@ -1,0 +1,151 @@
+"""The server-side registry of login sessions.
+
+A session token is 256 bits from :mod:`secrets`; the client holds it, the database holds
+only its SHA-256. A session ends when it is revoked (logout, password change, disabled
+account, an administrator), after an idle period, or at its absolute lifetime, whichever
+comes first; every worker checks the record on every request, so an ended session fails on
+its very next request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import secrets
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from ..config import Settings
+from ..db import utcnow, writing
+from ..models import AuthzState, LoginSession, User
+from .actors import RequestFacts, token_digest
+
+_log = logging.getLogger("flask_aaa")
+
+#: Bytes of randomness in a session token (256 bits; ASVS asks for at least 128).
+TOKEN_BYTES = 32
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Resolved:
+    """A live session with its user and the authorization version read in the same query."""
+
+    session: LoginSession
+    user: User
+    authz_version: int
+
+
+def create(
+    db: Session, user: User, *, settings: Settings, facts: RequestFacts
+) -> tuple[str, LoginSession]:
+    """Open a session for ``user``; return the raw token (give it to the client, once)."""
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    now = utcnow()
+    record = LoginSession(
+        token_hash=token_digest(token),
+        user_id=user.id,
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + dt.timedelta(seconds=settings.session_absolute_timeout),
+        ip=facts.ip,
+        user_agent=(facts.user_agent or "")[:512] or None,
+    )
+    db.add(record)
+    db.flush()
+    return token, record
+
+
+def resolve(
+    db: Session, token: str, *, settings: Settings, now: dt.datetime | None = None
+) -> Resolved | None:
+    """Find the live session for ``token`` with one query, or None if it is unknown,
+    revoked, idle too long, past its lifetime, or its user is disabled."""
+    if not token or len(token) > 128:
+        return None
+    version = select(AuthzState.version).where(AuthzState.id == 1).scalar_subquery()
+    row = db.execute(
+        select(LoginSession, User, version)
+        .join(User, User.id == LoginSession.user_id)
+        .where(LoginSession.token_hash == token_digest(token))
+    ).first()
+    if row is None:
+        return None
+    record, user, authz_version = row
+    now = now or utcnow()
+    if (
+        record.revoked_at is not None
+        or not user.active
+        or now >= record.expires_at
+        or now - record.last_seen_at > dt.timedelta(seconds=settings.session_idle_timeout)
+    ):
+        return None
+    return Resolved(record, user, authz_version or 0)
+
+
+def touch(
+    engine: Engine, record: LoginSession, *, settings: Settings, now: dt.datetime | None = None
+) -> None:
+    """Move ``last_seen_at`` forward, at most once per touch interval, in a short transaction
+    of its own (so a read-only request never holds a write lock). Best effort: a failure
+    is logged and the request goes on."""
+    now = now or utcnow()
+    if (now - record.last_seen_at).total_seconds() < settings.session_touch_interval:
+        return
+    try:
+        with writing(), Session(bind=engine) as own:
+            own.execute(
+                update(LoginSession)
+                .where(LoginSession.id == record.id, LoginSession.revoked_at.is_(None))
+                .values(last_seen_at=now)
+            )
+            own.commit()
+    except SQLAlchemyError as exc:
+        _log.warning("could not record session activity (%s)", type(exc).__name__)
+
+
+def revoke(db: Session, record: LoginSession, *, reason: str) -> None:
+    """End one session (no audit here: the calling flow records what it did)."""
+    if record.revoked_at is None:
+        record.revoked_at = utcnow()
+        record.revoked_reason = reason
+
+
+def revoke_all(db: Session, user: User, *, reason: str, keep: LoginSession | None = None) -> int:
+    """End every live session of ``user`` but ``keep``; return how many were ended."""
+    stmt = update(LoginSession).where(
+        LoginSession.user_id == user.id, LoginSession.revoked_at.is_(None)
+    )
+    if keep is not None:
+        stmt = stmt.where(LoginSession.id != keep.id)
+    result = db.execute(
+        stmt.values(revoked_at=utcnow(), revoked_reason=reason).execution_options(
+            synchronize_session=False
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def rotate(
+    db: Session, record: LoginSession, *, settings: Settings, facts: RequestFacts, reason: str
+) -> tuple[str, LoginSession]:
+    """Replace a session by a new one with a new token (after a privilege change)."""
+    revoke(db, record, reason=reason)
+    return create(db, record.user, settings=settings, facts=facts)
+
+
+def live_sessions(db: Session, user: User) -> list[LoginSession]:
+    now = utcnow()
+    return list(
+        db.scalars(
+            select(LoginSession)
+            .where(
+                LoginSession.user_id == user.id,
+                LoginSession.revoked_at.is_(None),
+                LoginSession.expires_at > now,
+            )
+            .order_by(LoginSession.last_seen_at.desc())
+        )
+    )

@@ -1,0 +1,176 @@
+"""View decorators: who may call a view, and which views record an audit event.
+
+Anonymous callers get :class:`LoginRequired` (a login redirect for browsers, 401 JSON for
+API clients); signed-in callers without the right get :class:`PermissionDenied` (403), and
+the denial is audited. Each decorator marks the view, so deny-by-default mode knows it is
+guarded.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
+
+from flask import make_response
+
+from ..errors import AAAError
+from ..services import audit, rbac
+from .context import current_actor, current_user, db_session, request_facts, signed_in_user
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Attribute set on a view by :func:`public` and by every requirement decorator.
+GUARD_ATTR = "_aaa_guard"
+
+
+def _mark(view: Callable[..., Any], guard: str) -> None:
+    setattr(view, GUARD_ATTR, guard)
+
+
+def public(view: F) -> F:
+    """Mark a view as open to everyone (needed when ``AAA_DENY_BY_DEFAULT`` is on)."""
+    _mark(view, "public")
+    return view
+
+
+def _requirement(check: Callable[[], None], guard: str) -> Callable[[F], F]:
+    def decorator(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            check()
+            return view(*args, **kwargs)
+
+        _mark(wrapper, guard)
+        return cast("F", wrapper)
+
+    return decorator
+
+
+def _signed_in() -> None:
+    signed_in_user()
+
+
+def login_required(view: F) -> F:
+    """Only signed-in, active users may call the view."""
+    return _requirement(_signed_in, "login")(view)
+
+
+def _flatten(names: Sequence[str | Sequence[str]]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        out.extend([name] if isinstance(name, str) else list(name))
+    return out
+
+
+def _roles(names: Sequence[str], mode: str) -> Callable[[], None]:
+    def check() -> None:
+        user = signed_in_user()
+        held = user.grants.roles
+        ok = all(n in held for n in names) if mode == "all" else any(n in held for n in names)
+        if not ok:
+            joined = (" and " if mode == "all" else " or ").join(f"role {n}" for n in names)
+            rbac.deny(db_session(), current_actor(), joined, facts=request_facts())
+
+    return check
+
+
+def _permissions(names: Sequence[str], mode: str) -> Callable[[], None]:
+    for name in names:
+        rbac.validate_permission_name(name)
+
+    def check() -> None:
+        signed_in_user()
+        rbac.check(db_session(), current_actor(), names, mode=mode, facts=request_facts())
+
+    return check
+
+
+def roles_required(*roles: str) -> Callable[[F], F]:
+    """The user must have every one of ``roles``."""
+    return _requirement(_roles(list(roles), "all"), "roles")
+
+
+def roles_accepted(*roles: str | Sequence[str]) -> Callable[[F], F]:
+    """The user must have at least one of ``roles``."""
+    return _requirement(_roles(_flatten(roles), "any"), "roles")
+
+
+def permissions_required(*permissions: str) -> Callable[[F], F]:
+    """The user must hold every one of ``permissions`` (wildcards in grants honoured)."""
+    return _requirement(_permissions(list(permissions), "all"), "permissions")
+
+
+def permissions_accepted(*permissions: str) -> Callable[[F], F]:
+    """The user must hold at least one of ``permissions``."""
+    return _requirement(_permissions(list(permissions), "any"), "permissions")
+
+
+def audited(action: str, *, target: Callable[..., object] | None = None) -> Callable[[F], F]:
+    """Record ``action`` for every call of the view, in the same transaction as its changes.
+
+    The event joins the request's database session before the view runs, so a
+    ``db.session.commit()`` in the view commits it together with the view's own changes; if
+    the view commits nothing, the decorator commits after a successful response. A view that
+    raises or answers with a 4xx/5xx status is rolled back and recorded as a failure instead.
+    ``target`` receives the view's keyword arguments and returns what was acted on.
+    Stack it under a requirement decorator (``@permissions_required`` first)."""
+
+    def decorator(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            db = db_session()
+            tgt = target(**kwargs) if target is not None else None
+            facts = request_facts()
+            actor = current_actor()
+            audit.record(db, action=action, actor=actor, target=tgt, facts=facts)
+            try:
+                response = make_response(view(*args, **kwargs))
+            except AAAError:
+                db.rollback()  # the service that raised has audited its own refusal
+                raise
+            except Exception as exc:
+                db.rollback()
+                audit.record_apart(
+                    db,
+                    action=action,
+                    actor=actor,
+                    outcome="failure",
+                    target=tgt,
+                    facts=facts,
+                    details={"error": type(exc).__name__},
+                )
+                raise
+            if response.status_code >= 400:
+                db.rollback()
+                audit.record_apart(
+                    db,
+                    action=action,
+                    actor=actor,
+                    outcome="failure",
+                    target=tgt,
+                    facts=facts,
+                    details={"status": response.status_code},
+                )
+            else:
+                db.commit()
+            return response
+
+        guard = getattr(view, GUARD_ATTR, None)
+        if guard is not None:
+            _mark(wrapper, guard)
+        return cast("F", wrapper)
+
+    return decorator
+
+
+__all__ = [
+    "audited",
+    "current_user",
+    "login_required",
+    "permissions_accepted",
+    "permissions_required",
+    "public",
+    "roles_accepted",
+    "roles_required",
+]

@@ -1,0 +1,114 @@
+"""Reading a request's fields, the same way for HTML forms and JSON bodies.
+
+Every field is a string or absent. A JSON body that is not an object, a field of any other
+type, or a missing required field is an :class:`InvalidInput` (400), never a 500.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Mapping
+
+from flask import g, request
+
+from ..errors import InvalidInput
+from ..services.audit import AuditFilter
+
+_ACTION_RE = re.compile(r"^[a-z0-9_.]{1,64}\*?$")
+
+#: Longest value accepted in any field; longer is refused before any work is done. The
+#: password service has its own, lower, limit for passwords.
+FIELD_MAX = 4096
+
+
+def _raw() -> dict[str, object]:
+    cached: dict[str, object] | None = g.get("_aaa_fields")
+    if cached is not None:
+        return cached
+    data: dict[str, object]
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise InvalidInput({"body": "Send a JSON object."})
+        data = body
+    else:
+        data = {key: request.form.get(key) for key in request.form}
+    g._aaa_fields = data
+    return data
+
+
+def read_fields(names: Iterable[str], *, required: Iterable[str] = ()) -> dict[str, str]:
+    """The named fields of the request as strings; ``required`` ones must be non-empty."""
+    data = _raw()
+    out: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    for name in names:
+        value = data.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, str):
+            errors[name] = "Must be a string."
+        elif len(value) > FIELD_MAX:
+            errors[name] = "Too long."
+        else:
+            out[name] = value
+    for name in required:
+        if name not in errors and not out.get(name):
+            errors[name] = "This field is required."
+    if errors:
+        raise InvalidInput(errors)
+    return out
+
+
+def peek(name: str) -> str:
+    """A field's value for keying a rate limit; never raises, '' when unusable."""
+    try:
+        value = _raw().get(name)
+    except InvalidInput:
+        return ""
+    return value[:FIELD_MAX] if isinstance(value, str) else ""
+
+
+def read_flag(name: str) -> bool:
+    value = _raw().get(name)
+    return value is True or (isinstance(value, str) and value.lower() in ("1", "on", "true", "yes"))
+
+
+def parse_time(name: str, value: str | None) -> dt.datetime | None:
+    """An ISO 8601 date or time from a query string; naive values are taken as UTC."""
+    if not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidInput(
+            {name: "Use an ISO 8601 date or time, e.g. 2026-01-31 or 2026-01-31T08:00."}
+        ) from None
+    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+
+
+def parse_cursor(value: str | None) -> int | None:
+    if not value:
+        return None
+    if not value.isdigit() or len(value) > 18:
+        raise InvalidInput({"before": "Must be a positive whole number."})
+    return int(value)
+
+
+def audit_filter(args: Mapping[str, str], *, actor_id: int | None) -> AuditFilter:
+    """The audit filters a listing page accepts, validated (everything else is ignored)."""
+    for name in ("action", "outcome", "ip", "since", "until", "before", "user"):
+        if len(args.get(name, "")) > 128:
+            raise InvalidInput({name: "Too long."})
+    action = args.get("action") or None
+    if action is not None and not _ACTION_RE.match(action):
+        raise InvalidInput({"action": "Use a dotted action name, optionally ending in '*'."})
+    return AuditFilter(
+        actor_id=actor_id,
+        action=action,
+        outcome=args.get("outcome") or None,
+        ip=args.get("ip") or None,
+        since=parse_time("since", args.get("since")),
+        until=parse_time("until", args.get("until")),
+    )

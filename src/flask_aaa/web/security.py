@@ -1,0 +1,193 @@
+"""Security plumbing of the web layer, in one place: write intent, body limits, headers,
+safe redirects, and every error turned into an HTML page or a JSON body.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from flask import Flask, Response, g, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
+
+from ..db import reset_write_intent, set_write_intent
+from ..errors import AAAError, InvalidInput, LoginRequired, ServiceUnavailable, Throttled
+from .context import db_session, request_id, state
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+_log = logging.getLogger("flask_aaa")
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+#: Endpoints of the library's own blueprints start with this.
+OWN_BLUEPRINTS = ("aaa_auth", "aaa_account", "aaa_admin")
+
+
+def wants_json() -> bool:
+    """JSON for API clients: a JSON body, or an Accept header that prefers JSON."""
+    if request.is_json:
+        return True
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return (
+        best == "application/json"
+        and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
+    )
+
+
+def safe_next(target: str | None) -> str | None:
+    """Return ``target`` if it is a same-origin path, else None.
+
+    Refused: absolute and scheme-relative URLs (``//evil``, ``/\\evil``), backslashes,
+    control characters, and anything a browser could read as another host."""
+    if not target or len(target) > 2048:
+        return None
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in target) or "\\" in target:
+        return None
+    if not target.startswith("/") or target.startswith("//"):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return None
+    return target
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    errors: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """One error, as JSON for API clients or as the error page for browsers."""
+    if wants_json():
+        body: dict[str, Any] = {"error": code, "message": message}
+        if errors:
+            body["fields"] = errors
+        response = jsonify(body)
+    else:
+        response = Response(
+            render_template(
+                "aaa/error.html", status=status, code=code, message=message, errors=errors or {}
+            ),
+            mimetype="text/html",
+        )
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def install(app: Flask, settings: Settings) -> None:
+    """Register the request hooks and error handlers on ``app``."""
+
+    def begin_request() -> None:
+        # Before anything touches the database: a write transaction takes SQLite's write
+        # lock when it begins (see db.py).
+        if request.method not in SAFE_METHODS:
+            g._aaa_write_token = set_write_intent(True)
+        request_id()
+        if request.blueprint in OWN_BLUEPRINTS:
+            request.max_content_length = settings.max_body_size
+
+    # Runs first, before hooks the app registered earlier.
+    app.before_request_funcs.setdefault(None, []).insert(0, begin_request)
+
+    @app.teardown_request
+    def end_request(_exc: BaseException | None) -> None:
+        token = g.pop("_aaa_write_token", None)
+        if token is not None:
+            reset_write_intent(token)
+
+    @app.after_request
+    def add_headers(response: Response) -> Response:
+        response.headers.setdefault("X-Request-ID", request_id())
+        if not settings.security_headers:
+            return response
+        h = response.headers
+        h.setdefault("X-Content-Type-Options", "nosniff")
+        h.setdefault("X-Frame-Options", "DENY")
+        h.setdefault("Referrer-Policy", "same-origin")
+        h.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        h.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+        h.setdefault("Content-Security-Policy", settings.content_security_policy)
+        if request.is_secure:
+            h.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+        if request.blueprint in OWN_BLUEPRINTS:
+            # Pages with personal data or secrets: never cached, never leaked by Referer.
+            h["Cache-Control"] = "no-store"
+            h["Referrer-Policy"] = "no-referrer"
+        h.add("Vary", "Cookie")
+        return response
+
+    @app.errorhandler(AAAError)
+    def on_aaa_error(exc: AAAError) -> Response:
+        db_session().rollback()
+        headers: dict[str, str] = {}
+        if isinstance(exc, Throttled | ServiceUnavailable):
+            headers["Retry-After"] = str(exc.retry_after)
+        if isinstance(exc, LoginRequired) and not wants_json():
+            from flask import redirect, url_for
+
+            target = request.full_path if request.method in SAFE_METHODS else None
+            nxt = safe_next(target.rstrip("?") if target else None)
+            return redirect(url_for("aaa_auth.login", next=nxt), 303)  # type: ignore[return-value]
+        errors = exc.errors if isinstance(exc, InvalidInput) else None
+        return error_response(exc.status, exc.code, exc.message, errors=errors, headers=headers)
+
+    @app.errorhandler(CSRFError)
+    def on_csrf_error(exc: CSRFError) -> Response:
+        return error_response(
+            400,
+            "csrf_failed",
+            "The form expired or was not sent by this site. Reload and try again.",
+        )
+
+    @app.errorhandler(SQLAlchemyError)
+    def on_database_error(exc: SQLAlchemyError) -> Response:
+        # Never show SQL or connection strings; log the kind of failure only.
+        _log.error("database failure: %s", type(exc).__name__)
+        try:
+            db_session().rollback()
+        except SQLAlchemyError:
+            _log.warning("rollback after a database failure failed too")
+        return error_response(
+            503,
+            "service_unavailable",
+            "The service is temporarily unavailable. Try again shortly.",
+            headers={"Retry-After": "5"},
+        )
+
+    @app.errorhandler(HTTPException)
+    def on_http_error(exc: HTTPException) -> Response | HTTPException:
+        status = exc.code or 500
+        if status == 429:
+            retry = None
+            if exc.response is not None:
+                retry = exc.response.headers.get("Retry-After")
+            response = error_response(429, "throttled", "Too many attempts. Try again later.")
+            limit = getattr(g, "view_rate_limit", None)
+            if retry:
+                response.headers["Retry-After"] = retry
+            elif limit is not None:
+                response.headers["Retry-After"] = "60"
+            return response
+        if not wants_json() and request.blueprint not in OWN_BLUEPRINTS:
+            return exc  # the app's own pages keep Flask's (or the app's) rendering
+        code = {
+            400: "bad_request",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "too_large",
+        }.get(status, "http_error")
+        response = error_response(status, code, exc.description or exc.name)
+        if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        return response
+
+    _ = state  # the handlers above reach the state through db_session()
