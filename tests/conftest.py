@@ -1,0 +1,317 @@
+"""Shared fixtures: an app on a fresh database, a client, users, and CSRF-aware helpers.
+
+The database is a new SQLite file per test, or PostgreSQL when ``AAA_TEST_DATABASE_URL`` is
+set (its Flask-AAA tables are dropped and recreated per test). Rate limits use Redis when
+``AAA_TEST_REDIS_URL`` is set (its database is flushed per test), else memory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from flask import Flask, jsonify
+from flask.testing import FlaskClient
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+
+from flask_aaa import (
+    AAA,
+    Base,
+    Role,
+    User,
+    audited,
+    current_user,
+    login_required,
+    permissions_accepted,
+    permissions_required,
+    public,
+    roles_accepted,
+    roles_required,
+)
+from flask_aaa.config import Settings
+from flask_aaa.db import configure_engine, writing
+from flask_aaa.services import accounts, rbac
+from flask_aaa.services.actors import Actor, RequestFacts
+from flask_aaa.services.passwords import PasswordService
+
+DATABASE_URL = os.environ.get("AAA_TEST_DATABASE_URL")
+REDIS_URL = os.environ.get("AAA_TEST_REDIS_URL")
+
+#: A password that passes the default policy (15+ characters, not common).
+PASSWORD = "plum-harbor-violin-42"
+SECRET = "test-secret-key-0123456789abcdef-0123456789"
+
+requires_postgres = pytest.mark.skipif(
+    not (DATABASE_URL or "").startswith("postgresql"),
+    reason="set AAA_TEST_DATABASE_URL=postgresql+psycopg://... to run PostgreSQL tests",
+)
+requires_redis = pytest.mark.skipif(
+    not REDIS_URL, reason="set AAA_TEST_REDIS_URL=redis://... to run Redis tests"
+)
+
+
+def pytest_report_header() -> list[str]:
+    return [
+        f"flask-aaa database: {_describe(DATABASE_URL) if DATABASE_URL else 'SQLite (temporary files)'}",
+        f"flask-aaa rate-limit storage: {_describe(REDIS_URL) if REDIS_URL else 'memory://'}",
+    ]
+
+
+def _describe(url: str) -> str:
+    return re.sub(r"//[^@/]*@", "//", url)
+
+
+def reset_database(url: str) -> None:
+    """Drop and recreate every table of the shared metadata (used for PostgreSQL)."""
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("DROP SCHEMA public CASCADE"))
+            connection.execute(text("CREATE SCHEMA public"))
+    Base.metadata.create_all(engine)
+    engine.dispose()
+
+
+def flush_redis() -> None:
+    if REDIS_URL:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+@pytest.fixture
+def database_url(tmp_path: Any) -> str:
+    return DATABASE_URL or f"sqlite:///{tmp_path / 'aaa.db'}"
+
+
+@pytest.fixture
+def config(database_url: str) -> dict[str, Any]:
+    """The app's config; tests change it before the ``app`` fixture is built."""
+    return {
+        "TESTING": True,
+        "SECRET_KEY": SECRET,
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "AAA_PASSWORD_HASH_PRESET": "fast",
+        "AAA_RATELIMIT_STORAGE_URI": REDIS_URL or "memory://",
+        "AAA_SECURE_COOKIES": False,
+    }
+
+
+def build_app(config: dict[str, Any]) -> Flask:
+    """A small app with one view per kind of guard, as an app developer would write it."""
+    app = Flask("testapp")
+    app.config.update(config)
+    db = SQLAlchemy(model_class=Base)
+    AAA(app, db)
+
+    @app.get("/")
+    @public
+    def index() -> Any:
+        return "home"
+
+    @app.get("/private")
+    @login_required
+    def private() -> Any:
+        return jsonify(user=current_user.label)
+
+    @app.get("/notes")
+    @permissions_required("notes:read")
+    def notes() -> Any:
+        return "notes"
+
+    @app.get("/notes-any")
+    @permissions_accepted("notes:read", "notes:write")
+    def notes_any() -> Any:
+        return "notes-any"
+
+    @app.get("/editors")
+    @roles_required("editor")
+    def editors() -> Any:
+        return "editors"
+
+    @app.get("/editors-or-readers")
+    @roles_accepted("editor", "reader")
+    def editors_or_readers() -> Any:
+        return "editors-or-readers"
+
+    @app.post("/notes")
+    @permissions_required("notes:write")
+    @audited("notes.created")
+    def create_note() -> Any:
+        return "created", 201
+
+    @app.post("/notes/fail")
+    @permissions_required("notes:write")
+    @audited("notes.created")
+    def create_note_fails() -> Any:
+        return "nope", 422
+
+    return app
+
+
+@pytest.fixture
+def app(config: dict[str, Any]) -> Iterator[Flask]:
+    """The test app. No app context stays pushed during the test: each request gets its own
+    (as in production), so nothing cached on ``g`` leaks from one request to the next."""
+    flush_redis()
+    if DATABASE_URL:
+        reset_database(config["SQLALCHEMY_DATABASE_URI"])
+    app = build_app(config)
+    with app.app_context():
+        if not DATABASE_URL:
+            app.extensions["aaa"].db.create_all()
+    yield app
+    with app.app_context():
+        for engine in app.extensions["aaa"].db.engines.values():
+            engine.dispose()
+
+
+def app_engine(app: Flask) -> Any:
+    with app.app_context():
+        return app.extensions["aaa"].db.engine
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def db(app: Flask) -> Iterator[Session]:
+    """A session of the test's own on the app's database, for arranging and checking state.
+
+    Call :func:`fresh` before reading what requests wrote: on SQLite a transaction keeps
+    the snapshot it started with."""
+    with Session(app_engine(app)) as session:
+        yield session
+
+
+def fresh(session: Session) -> Session:
+    """End the session's transaction so the next read sees every commit since."""
+    session.rollback()
+    return session
+
+
+SYSTEM = Actor.system("tests")
+
+
+@pytest.fixture
+def make_user(app: Flask) -> Callable[..., User]:
+    """Create a user (committed) with the given roles; roles are created on first use with
+    the permissions given in ``perms`` ({role: [permission, ...]})."""
+    st = app.extensions["aaa"]
+
+    def make(
+        username: str = "alice",
+        *,
+        password: str = PASSWORD,
+        email: str | None = None,
+        roles: tuple[str, ...] | list[str] = (),
+        perms: dict[str, list[str]] | None = None,
+        active: bool = True,
+    ) -> User:
+        with writing(), Session(app_engine(app), expire_on_commit=False) as session:
+            role_objs = [ensure_role(session, name, (perms or {}).get(name, [])) for name in roles]
+            user = accounts.create_user(
+                session,
+                actor=SYSTEM,
+                settings=st.settings,
+                passwords=st.passwords,
+                username=username,
+                email=email or f"{username}@example.org",
+                password=password,
+                roles=role_objs,
+                facts=RequestFacts.for_cli("tests"),
+            )
+            user.active = active
+            session.commit()
+            session.refresh(user)
+            _ = [r.name for r in user.roles]
+        return user
+
+    return make
+
+
+def ensure_role(session: Session, name: str, permissions: list[str] = ()) -> Role:  # type: ignore[assignment]
+    """The role ``name`` (created if missing) holding at least ``permissions``."""
+    from sqlalchemy import select
+
+    role = session.scalar(select(Role).where(Role.name == name))
+    if role is None:
+        role = rbac.create_role(session, actor=SYSTEM, name=name)
+    for permission in permissions:
+        rbac.add_permission(session, actor=SYSTEM, role=role, permission=permission)
+    return role
+
+
+@pytest.fixture
+def admin(make_user: Callable[..., User]) -> User:
+    """A full administrator (role ``admin`` holding ``*``)."""
+    return make_user("root", roles=["admin"], perms={"admin": ["*"]})
+
+
+def csrf_token(client: FlaskClient) -> str:
+    """A CSRF token for the client's current cookie session (JSON clients' way)."""
+    return str(client.get("/auth/csrf").get_json()["csrf_token"])
+
+
+def form_token(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "no CSRF token in the page"
+    return match.group(1)
+
+
+def login(client: FlaskClient, login_name: str, password: str = PASSWORD, **extra: Any) -> Any:
+    """Sign in through the HTML form (with its CSRF token), as a browser would."""
+    token = form_token(client.get("/auth/login").get_data(as_text=True))
+    return client.post(
+        "/auth/login",
+        data={"login": login_name, "password": password, "csrf_token": token, **extra},
+    )
+
+
+def post(client: FlaskClient, url: str, data: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """POST a form with a valid CSRF token for the client's current session."""
+    return client.post(url, data={**(data or {}), "csrf_token": csrf_token(client)}, **kwargs)
+
+
+def post_json(client: FlaskClient, url: str, body: Any = None, **kwargs: Any) -> Any:
+    """POST JSON with the CSRF header, as a single-page app would."""
+    headers = {"X-CSRFToken": csrf_token(client), **kwargs.pop("headers", {})}
+    return client.post(url, json=body if body is not None else {}, headers=headers, **kwargs)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """Settings for service tests (no app): fast hashing, defaults otherwise."""
+    return Settings.from_config({"AAA_PASSWORD_HASH_PRESET": "fast"}, debug=False, testing=True)
+
+
+@pytest.fixture
+def passwords(settings: Settings) -> PasswordService:
+    return PasswordService(settings)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Any]:
+    """An engine on a fresh database with the schema, for service tests without an app."""
+    if DATABASE_URL:
+        reset_database(database_url)
+    eng = create_engine(database_url)
+    configure_engine(eng)
+    if not DATABASE_URL:
+        Base.metadata.create_all(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def session(engine: Any) -> Iterator[Session]:
+    """A session for service tests; writes use ``writing()`` like the CLI does."""
+    with Session(engine) as s:
+        yield s
