@@ -57,7 +57,8 @@ requires_redis = pytest.mark.skipif(
 
 def pytest_report_header() -> list[str]:
     return [
-        f"flask-aaa database: {_describe(DATABASE_URL) if DATABASE_URL else 'SQLite (temporary files)'}",
+        "flask-aaa database: "
+        + (_describe(DATABASE_URL) if DATABASE_URL else "SQLite (temporary files)"),
         f"flask-aaa rate-limit storage: {_describe(REDIS_URL) if REDIS_URL else 'memory://'}",
     ]
 
