@@ -92,7 +92,7 @@ def main() -> None:
         password, role = rest.split("\t")
         print(f"  {username:8} {password}   {role}")
     print(f"\nData: {folder}  (delete the folder to start over)")
-    print("CLI:  .venv/bin/flask --app flask_aaa.demo aaa grant-role carol reader\n")
+    print("CLI:  python3 run.py flask --app flask_aaa.demo aaa grant-role carol reader\n")
     if not args.setup_only:
         app.run(host=args.host, port=args.port, threaded=True)
 
