@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, delete, func, insert, not_, select, update
 from sqlalchemy.orm import Session
@@ -24,9 +23,6 @@ from ..errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from ..models import AuthzState, Permission, Role, User, role_permissions, user_roles
 from . import audit
 from .actors import Actor, RequestFacts
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
 
 #: Full administration. The last active holder of it can never lose it.
 SUPERUSER = "*"
@@ -130,13 +126,12 @@ def check(
     mode: str = "all",
     facts: RequestFacts | None = None,
     target: object | None = None,
-    grants_of: Callable[[Actor], Grants] | None = None,
 ) -> None:
     """Raise :class:`PermissionDenied` (and audit the denial) unless ``actor`` holds all
     (``mode="all"``) or any (``mode="any"``) of ``permissions``."""
     if actor.is_system:
         return
-    held = (grants_of(actor) if grants_of else actor.user.grants) if actor.user else None
+    held = actor.user.grants if actor.user is not None else None
     results = [held is not None and held.allows(p) for p in permissions]
     if (all if mode == "all" else any)(results):
         return

@@ -12,6 +12,7 @@ from flask import (
     Blueprint,
     Response,
     flash,
+    g,
     jsonify,
     redirect,
     render_template,
@@ -50,8 +51,6 @@ def start_session(user: User) -> str:
     session.clear()
     user._aaa_session_token = token
     login_user(user, remember=False, fresh=True)
-    from flask import g
-
     g._aaa_login_session = record
     return token
 
@@ -79,11 +78,7 @@ def create_blueprint() -> Blueprint:
         return "login:" + accounts.login_key(peek("login"))
 
     def user_key() -> str:
-        return (
-            f"user:{current_user.get_id() and current_user.id}"
-            if current_user.is_authenticated
-            else get_remote_address()
-        )
+        return f"user:{current_user.id}" if current_user.is_authenticated else get_remote_address()
 
     @bp.get("/csrf")
     @public

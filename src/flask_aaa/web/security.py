@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..db import reset_write_intent, set_write_intent
 from ..errors import AAAError, InvalidInput, LoginRequired, ServiceUnavailable, Throttled
-from .context import db_session, request_id, state
+from .context import db_session, request_id
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -167,16 +167,8 @@ def install(app: Flask, settings: Settings) -> None:
     def on_http_error(exc: HTTPException) -> Response | HTTPException:
         status = exc.code or 500
         if status == 429:
-            retry = None
-            if exc.response is not None:
-                retry = exc.response.headers.get("Retry-After")
-            response = error_response(429, "throttled", "Too many attempts. Try again later.")
-            limit = getattr(g, "view_rate_limit", None)
-            if retry:
-                response.headers["Retry-After"] = retry
-            elif limit is not None:
-                response.headers["Retry-After"] = "60"
-            return response
+            # Flask-Limiter adds Retry-After and the X-RateLimit-* headers after this.
+            return error_response(429, "throttled", "Too many attempts. Try again later.")
         if not wants_json() and request.blueprint not in OWN_BLUEPRINTS:
             return exc  # the app's own pages keep Flask's (or the app's) rendering
         code = {
@@ -189,5 +181,3 @@ def install(app: Flask, settings: Settings) -> None:
         if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         return response
-
-    _ = state  # the handlers above reach the state through db_session()
