@@ -1,0 +1,60 @@
+"""The per-request cost: a warm authorized request makes one database round trip."""
+
+from __future__ import annotations
+
+import contextlib
+
+from sqlalchemy import event
+
+from tests.conftest import app_engine, login
+
+
+@contextlib.contextmanager
+def count_statements(app):
+    statements: list[str] = []
+    engine = app_engine(app)
+
+    def before(_conn, _cursor, statement, *_args):
+        # SQLite's BEGIN is sent by Flask-AAA as a statement; drivers for servers send it
+        # with the first query, so it is not a round trip of its own there.
+        if not statement.startswith("BEGIN"):
+            statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+
+
+def test_warm_permission_check_is_one_round_trip(app, client, make_user):
+    make_user("alice", roles=["reader"], perms={"reader": ["notes:read"]})
+    login(client, "alice")
+    assert client.get("/notes").status_code == 200  # warms the grants cache
+    with count_statements(app) as statements:
+        assert client.get("/notes").status_code == 200
+        assert client.get("/notes-any").status_code == 200
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 2, statements  # one per request: session + user + authz version
+    assert not [s for s in statements if s.lstrip().upper().startswith(("INSERT", "UPDATE"))]
+
+
+def test_a_grant_costs_one_more_query_on_the_next_request_only(app, client, make_user, db):
+    from flask_aaa.db import writing
+    from flask_aaa.models import User
+    from flask_aaa.services import rbac
+    from tests.conftest import SYSTEM, ensure_role, fresh
+
+    user = make_user("alice")
+    login(client, "alice")
+    client.get("/private")
+    with writing():
+        role = ensure_role(fresh(db), "reader", ["notes:read"])
+        rbac.grant_role(db, actor=SYSTEM, user=db.get(User, user.id), role=role)
+        db.commit()
+    with count_statements(app) as statements:
+        assert client.get("/notes").status_code == 200
+    assert len(statements) == 2  # the session query, then the new grants
+    with count_statements(app) as statements:
+        assert client.get("/notes").status_code == 200
+    assert len(statements) == 1
