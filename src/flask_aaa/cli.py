@@ -16,6 +16,7 @@ from typing import Any, TypeVar, cast
 import click
 from flask.cli import AppGroup
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
 from . import migrations
@@ -60,6 +61,11 @@ def transactional(command: F) -> F:
             with writing():
                 result = command(*args, **kwargs)
                 db.commit()
+        except SQLAlchemyError as exc:
+            db.rollback()
+            raise click.ClickException(
+                f"database error ({type(exc).__name__}); nothing was changed"
+            ) from None
         except AAAError as exc:
             db.rollback()
             detail = ""
@@ -159,8 +165,10 @@ def list_users() -> None:
 def disable(user: str) -> None:
     """Disable USER and end all of their sessions."""
     subject = _user(user)
-    accounts.set_active(_db(), actor=_actor(), user=subject, active=False, facts=_facts())
-    click.echo(f"Disabled {subject.label}.")
+    changed = accounts.set_active(_db(), actor=_actor(), user=subject, active=False, facts=_facts())
+    click.echo(
+        f"Disabled {subject.label}." if changed else f"{subject.label} was already disabled."
+    )
 
 
 @aaa_cli.command("enable")
@@ -169,8 +177,8 @@ def disable(user: str) -> None:
 def enable(user: str) -> None:
     """Enable USER again."""
     subject = _user(user)
-    accounts.set_active(_db(), actor=_actor(), user=subject, active=True, facts=_facts())
-    click.echo(f"Enabled {subject.label}.")
+    changed = accounts.set_active(_db(), actor=_actor(), user=subject, active=True, facts=_facts())
+    click.echo(f"Enabled {subject.label}." if changed else f"{subject.label} was already enabled.")
 
 
 # -- roles and permissions --

@@ -55,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
     #: timeouts and costs one write per interval per active session.
     "SESSION_TOUCH_INTERVAL": 60,
     #: Session cookie ``Secure`` flag and ``__Host-`` name prefix. ``None`` means on, except
-    #: when the app runs in debug or testing mode over plain HTTP on a developer machine.
+    #: when the app runs with ``DEBUG`` or ``TESTING`` (typically plain HTTP on a laptop).
     "SECURE_COOKIES": None,
     #: Storage for rate-limit counters (Flask-Limiter URI): ``memory://`` or ``redis://host:port``.
     "RATELIMIT_STORAGE_URI": "memory://",
@@ -88,8 +88,6 @@ DEFAULTS: dict[str, Any] = {
         "default-src 'self'; img-src 'self' data:; object-src 'none'; "
         "base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
     ),
-    #: Log every audit event as one JSON line on the ``flask_aaa.audit`` logger.
-    "AUDIT_LOG_MIRROR": True,
 }
 
 #: SECRET_KEY values that are refused outside debug and testing.
@@ -132,7 +130,6 @@ class Settings:
     page_size: int
     security_headers: bool
     content_security_policy: str
-    audit_log_mirror: bool
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, debug: bool, testing: bool) -> Settings:
@@ -169,9 +166,22 @@ class Settings:
             raise ConfigurationError("AAA_PASSWORD_MIN_LENGTH must be between 8 and 64")
         if self.password_max_length < max(64, self.password_min_length):
             raise ConfigurationError("AAA_PASSWORD_MAX_LENGTH must allow at least 64 characters")
-        for name in ("password_hash_concurrency", "session_idle_timeout", "page_size"):
+        for name in (
+            "password_hash_concurrency",
+            "session_idle_timeout",
+            "session_touch_interval",
+            "page_size",
+            "max_body_size",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"AAA_{name.upper()} must be positive")
+        if self.password_hash_wait < 0:
+            raise ConfigurationError("AAA_PASSWORD_HASH_WAIT must not be negative")
+        if self.session_touch_interval >= self.session_idle_timeout:
+            raise ConfigurationError(
+                "AAA_SESSION_TOUCH_INTERVAL must be shorter than AAA_SESSION_IDLE_TIMEOUT, "
+                "or active users would be signed out"
+            )
         if self.session_absolute_timeout < self.session_idle_timeout:
             raise ConfigurationError(
                 "AAA_SESSION_ABSOLUTE_TIMEOUT must not be shorter than AAA_SESSION_IDLE_TIMEOUT"

@@ -71,6 +71,16 @@ class PermissionDenied(AAAError):
         self.requirement = requirement
 
 
+class RegistrationClosed(AAAError):
+    """Self-service registration is switched off (``AAA_ENABLE_REGISTRATION = False``)."""
+
+    code = "registration_closed"
+    status = 403
+
+    def __init__(self) -> None:
+        super().__init__("Registration is closed.")
+
+
 class Conflict(AAAError):
     """The change would break an invariant (a name in use, the last administrator, ...)."""
 

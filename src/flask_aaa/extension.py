@@ -181,8 +181,9 @@ def _deny_unguarded() -> None:
     rbac.deny(
         db_session(),
         current_actor(),
-        f"an explicit rule for endpoint {endpoint}",
+        f"a rule for endpoint {endpoint}",
         facts=request_facts(),
+        message="This page is closed: it declares neither @public nor a requirement.",
     )
 
 

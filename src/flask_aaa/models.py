@@ -250,6 +250,7 @@ class AuditEvent(Base):
         Index("ix_aaa_audit_action_seq", "action", "seq"),
         Index("ix_aaa_audit_outcome_seq", "outcome", "seq"),
         Index("ix_aaa_audit_ts", "ts"),
+        Index("ix_aaa_audit_target_seq", "target_type", "target_id", "seq"),
     )
 
 

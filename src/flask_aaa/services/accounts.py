@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import dataclasses
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..config import Settings
 from ..db import utcnow
 from ..errors import AuthenticationFailed, Conflict, InvalidInput
-from ..models import LoginSession, Role, User
+from ..models import AuditEvent, LoginSession, Role, User
 from . import audit, rbac, sessions
 from .actors import Actor, RequestFacts
 from .passwords import PasswordService
+
+T = TypeVar("T")
 
 USERNAME_MIN, USERNAME_MAX = 3, 32
 EMAIL_MAX = 254
@@ -151,8 +155,14 @@ def _new_user(
         password_changed_at=utcnow(),
         active=True,
     )
-    db.add(user)
-    db.flush()
+    try:
+        # A savepoint: a concurrent registration of the same name loses cleanly, without
+        # aborting the caller's transaction.
+        with db.begin_nested():
+            db.add(user)
+            db.flush()
+    except IntegrityError:
+        raise InvalidInput({"username": "This username or email address cannot be used."}) from None
     return user
 
 
@@ -180,6 +190,8 @@ def register(
         if role is None:
             role = Role(name=rbac.validate_role_name(settings.default_role))
             db.add(role)
+            db.flush()
+            audit.record(db, action="role.created", actor=Actor.of(user), target=role, facts=facts)
         user.roles.append(role)
         rbac.bump_version(db)
     audit.record(
@@ -234,39 +246,46 @@ def authenticate(
     facts: RequestFacts,
 ) -> User:
     """Check a login and password. On success update the login statistics (and upgrade a
-    legacy hash) in ``db`` and record ``auth.login.succeeded``; the caller opens the session
-    and commits. On failure record ``auth.login.failed`` apart and raise
-    :class:`AuthenticationFailed`, identical for every cause."""
+    legacy hash) in ``db`` and record ``auth.login.succeeded``; the caller commits. On
+    failure record ``auth.login.failed`` apart and raise :class:`AuthenticationFailed`,
+    identical for every cause."""
+    return _authenticate(
+        db, settings=settings, passwords=passwords, login=login, password=password, facts=facts
+    )[0]
+
+
+def _authenticate(
+    db: Session,
+    *,
+    settings: Settings,
+    passwords: PasswordService,
+    login: str,
+    password: str,
+    facts: RequestFacts,
+) -> tuple[User, AuditEvent]:
     passwords.check_length(password)
     user = find_by_login(db, settings, login)
     ok, new_hash = passwords.verify(password, user.password_hash if user else None)
-    reason = None
-    if user is None:
-        reason = "unknown_login"
-    elif not ok:
-        reason = "bad_password"
-    elif not user.active:
-        reason = "disabled"
-    if reason is not None:
-        actor = Actor.of(user) if user is not None else Actor.anonymous()
+    if user is None or not ok or not user.active:
+        reason = "unknown_login" if user is None else ("bad_password" if not ok else "disabled")
+        # The attempt is by an unknown party; the account, if any, is its target, so that
+        # its owner sees it among their own activity.
         audit.record_apart(
             db,
             action="auth.login.failed",
-            actor=actor,
+            actor=Actor.anonymous(),
             outcome="failure",
             facts=facts,
             target=user,
             details={"reason": reason},
         )
         raise AuthenticationFailed(reason)
-    if user is None:  # unreachable (reason is set), but says so to the type checker
-        raise AuthenticationFailed("unknown_login")
     if new_hash is not None:
         user.password_hash = new_hash
     user.last_login_at = utcnow()
     user.last_login_ip = facts.ip
     user.login_count = (user.login_count or 0) + 1
-    audit.record(
+    event_ = audit.record(
         db,
         action="auth.login.succeeded",
         actor=Actor.of(user),
@@ -274,7 +293,30 @@ def authenticate(
         facts=facts,
         details={"hash_upgraded": True} if new_hash else {},
     )
-    return user
+    return user, event_
+
+
+def sign_in(
+    db: Session,
+    *,
+    settings: Settings,
+    passwords: PasswordService,
+    login: str,
+    password: str,
+    facts: RequestFacts,
+    replaces: LoginSession | None = None,
+) -> tuple[User, str, LoginSession]:
+    """Authenticate and open a new server session (ending ``replaces``, the caller's
+    previous session, if any). Returns the user, the raw session token and its record; the
+    login event names the new session. The caller commits."""
+    user, event_ = _authenticate(
+        db, settings=settings, passwords=passwords, login=login, password=password, facts=facts
+    )
+    if replaces is not None:
+        sessions.revoke(db, replaces, reason="replaced")
+    token, record = sessions.create(db, user, settings=settings, facts=facts)
+    event_.session_hash = record.token_hash
+    return user, token, record
 
 
 def logout(db: Session, *, user: User, session: LoginSession, facts: RequestFacts) -> None:
@@ -295,8 +337,8 @@ def change_password(
 ) -> int:
     """Change ``user``'s password after checking the current one. Every other session of
     the user ends; returns how many. The caller rotates the current session."""
-    passwords.check_length(current)
-    passwords.check_length(new)
+    _for_field("current_password", passwords.check_length, current)
+    _for_field("new_password", passwords.check_length, new)
     ok, _ = passwords.verify(current, user.password_hash)
     if not ok:
         audit.record_apart(
@@ -309,7 +351,11 @@ def change_password(
             details={"reason": "bad_current_password"},
         )
         raise InvalidInput({"current_password": "The current password is not correct."})
-    new = passwords.check_policy(new, identifiers=[user.username, user.email])
+    new = _for_field(
+        "new_password",
+        lambda value: passwords.check_policy(value, identifiers=[user.username, user.email]),
+        new,
+    )
     user.password_hash = passwords.hash(new)
     user.password_changed_at = utcnow()
     ended = sessions.revoke_all(db, user, reason="password_changed", keep=session)
@@ -324,6 +370,14 @@ def change_password(
     return ended
 
 
+def _for_field(field: str, check: Callable[[str], T], value: str) -> T:
+    """Run a password check, reporting its error under the form's own field name."""
+    try:
+        return check(value)
+    except InvalidInput as exc:
+        raise InvalidInput({field: " ".join(exc.errors.values())}) from None
+
+
 def set_active(
     db: Session, *, actor: Actor, user: User, active: bool, facts: RequestFacts | None = None
 ) -> bool:
@@ -332,7 +386,7 @@ def set_active(
     rbac.check(db, actor, [rbac.MANAGE_USERS], facts=facts, target=user)
     if user.active == active:
         return False
-    if not active and not rbac.admins_remain_without(db, user):
+    if not active and rbac.holds_superuser(db, user) and not rbac.admins_remain_without(db, user):
         raise Conflict("this would leave nobody with full administration")
     user.active = active
     ended = 0 if active else sessions.revoke_all(db, user, reason="account_disabled")

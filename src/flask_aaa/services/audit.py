@@ -17,10 +17,11 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Select, event, select, update
+from sqlalchemy import Select, and_, event, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -36,10 +37,13 @@ OUTCOMES = ("success", "failure", "denied")
 
 _PENDING = "aaa_audit_pending"
 _SEALED = "aaa_audit_sealed"
-_MIRROR = "aaa_audit_mirror"
 
-#: Keys that would put a secret into the trail. ``details`` containing one is a bug.
-_SECRET_WORDS = ("password", "secret", "token", "otp", "recovery_code")
+#: Words that, as a part of a ``details`` key (``new_password``, ``accessToken``,
+#: ``recovery-codes``), would put a secret into the trail.
+_SECRET_WORDS = frozenset(
+    {"password", "passwd", "pwd", "secret", "token", "otp", "totp", "code", "key", "cookie"}
+)
+_KEY_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 
 #: Order of the fields in the hashed encoding. Changing it breaks every existing chain.
 _HASHED_FIELDS = (
@@ -102,8 +106,11 @@ def record(
 
 
 def _park(db: Session, event_: AuditEvent, mirror: bool) -> None:
-    db.info.setdefault(_PENDING, []).append(event_)
-    db.info[_MIRROR] = mirror
+    if not db.in_transaction():
+        # Start the session's transaction (no SQL is sent) so that a rollback before any
+        # query still ends it, and with it this event.
+        db.begin()
+    db.info.setdefault(_PENDING, []).append((event_, mirror))
 
 
 def _build(
@@ -203,29 +210,32 @@ def _ts_text(ts: dt.datetime) -> str:
 
 @event.listens_for(Session, "before_commit")
 def _seal(db: Session) -> None:
-    pending: list[AuditEvent] | None = db.info.pop(_PENDING, None)
+    pending: list[tuple[AuditEvent, bool]] | None = db.info.pop(_PENDING, None)
     if not pending:
         return
     head_seq, head_hash = db.execute(
         select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
     ).one()
-    for event_ in pending:
+    for event_, _mirror in pending:
         head_seq += 1
         event_.seq = head_seq
         event_.prev_hash = head_hash
         event_.hash = head_hash = event_hash(_fields(event_))
-    db.add_all(pending)
+    db.add_all(event_ for event_, _mirror in pending)
     db.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=head_seq, hash=head_hash))
     db.info.setdefault(_SEALED, []).extend(pending)
 
 
 @event.listens_for(Session, "after_commit")
 def _mirror(db: Session) -> None:
-    sealed: list[AuditEvent] | None = db.info.pop(_SEALED, None)
-    if not sealed or not db.info.pop(_MIRROR, True):
+    sealed: list[tuple[AuditEvent, bool]] | None = db.info.pop(_SEALED, None)
+    if not sealed or not logger.isEnabledFor(logging.INFO):
         return
-    for event_ in sealed:
-        logger.info(json.dumps(as_dict(event_), ensure_ascii=True, separators=(",", ":")))
+    for event_, mirror in sealed:
+        if mirror:
+            # ensure_ascii: CR, LF and every other control character are escaped, so one
+            # event is always exactly one line, whatever its text fields hold.
+            logger.info(json.dumps(as_dict(event_), ensure_ascii=True, separators=(",", ":")))
 
 
 @event.listens_for(Session, "after_soft_rollback")
@@ -269,18 +279,19 @@ def verify_chain(db: Session, *, batch: int = 5_000) -> VerifyReport:
     expected_seq, prev = 1, GENESIS_HASH
     checked = 0
     columns = [getattr(AuditEvent, name) for name in _HASHED_FIELDS] + [AuditEvent.hash]
+    lower = None  # the first batch has no lower bound, so a row numbered below 1 is seen
     while True:
-        rows = db.execute(
-            select(*columns)
-            .where(AuditEvent.seq >= expected_seq)
-            .order_by(AuditEvent.seq)
-            .limit(batch)
-        ).all()
+        stmt = select(*columns).order_by(AuditEvent.seq).limit(batch)
+        if lower is not None:
+            stmt = stmt.where(AuditEvent.seq >= lower)
+        rows = db.execute(stmt).all()
         if not rows:
             break
         for row in rows:
             fields = dict(zip(_HASHED_FIELDS, row, strict=False))
             seq = fields["seq"]
+            if seq < expected_seq:
+                return VerifyReport(checked, seq, seq, f"event {seq} is numbered out of sequence")
             if seq != expected_seq:
                 return VerifyReport(
                     checked, expected_seq - 1, expected_seq, f"event {expected_seq} is missing"
@@ -293,12 +304,17 @@ def verify_chain(db: Session, *, batch: int = 5_000) -> VerifyReport:
             prev = row.hash
             expected_seq += 1
             checked += 1
+        lower = expected_seq
     last_seq = expected_seq - 1
     head_seq, head_hash = db.execute(
         select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)
     ).one()
     if head_seq != last_seq or head_hash != prev:
-        bad = last_seq + 1 if head_seq > last_seq else head_seq
+        # More events than the head knows: the first unknown one is bad. Fewer: the first
+        # missing one is. The same number but another hash: the last one was replaced.
+        bad = head_seq + 1 if last_seq > head_seq else min(last_seq + 1, head_seq)
+        if head_seq == last_seq:
+            bad = last_seq
         return VerifyReport(
             checked,
             last_seq,
@@ -316,6 +332,8 @@ class AuditFilter:
     """Filters for listing and exporting events. Every field is bound as a parameter."""
 
     actor_id: int | None = None
+    #: A user's own view: what they did, and sign-in attempts on their account by others.
+    involving_user: int | None = None
     action: str | None = None  # exact, or a prefix when it ends with "." or "*"
     outcome: str | None = None
     ip: str | None = None
@@ -331,6 +349,17 @@ class AuditFilter:
     def apply(self, stmt: Select[Any]) -> Select[Any]:
         if self.actor_id is not None:
             stmt = stmt.where(AuditEvent.actor_id == self.actor_id)
+        if self.involving_user is not None:
+            stmt = stmt.where(
+                or_(
+                    AuditEvent.actor_id == self.involving_user,
+                    and_(
+                        AuditEvent.target_type == "user",
+                        AuditEvent.target_id == str(self.involving_user),
+                        AuditEvent.action.startswith("auth."),
+                    ),
+                )
+            )
         if self.action:
             if self.action.endswith(("*", ".")):
                 prefix = self.action.rstrip("*")
@@ -385,13 +414,22 @@ def export_jsonl(db: Session, flt: AuditFilter, *, batch: int = 2_000) -> Iterat
         after = rows[-1].seq
 
 
-def _encode_details(details: Mapping[str, Any]) -> str:
-    for key in details:
-        lowered = str(key).lower()
-        if any(word in lowered for word in _SECRET_WORDS) and not lowered.endswith(
-            ("_changed", "_kind")
-        ):
+def _refuse_secrets(details: Mapping[str, Any]) -> None:
+    for key, value in details.items():
+        words = {w.lower().removesuffix("s") for w in _KEY_WORDS.findall(str(key))}
+        words |= {w.lower() for w in _KEY_WORDS.findall(str(key))}
+        if words & _SECRET_WORDS:
             raise ValueError(f"audit details must not carry secrets (key {key!r})")
+        if isinstance(value, Mapping):
+            _refuse_secrets(value)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                if isinstance(item, Mapping):
+                    _refuse_secrets(item)
+
+
+def _encode_details(details: Mapping[str, Any]) -> str:
+    _refuse_secrets(details)
     return json.dumps(
         dict(details), ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str
     )

@@ -127,21 +127,23 @@ class PasswordService:
         With ``stored_hash=None`` (unknown user, or an account without a password) the
         dummy hash is verified instead, so the cost is the same, and the answer is False."""
         self.check_length(password)
-        password = normalize_password(password)
+        raw, password = password, normalize_password(password)
         with self._slot():
             if stored_hash is None:
                 self._argon2.verify(password, self._dummy_hash)
                 return False, None
             if BcryptHasher.identify(stored_hash):
-                return self._verify_bcrypt(password, stored_hash)
+                return self._verify_bcrypt(raw, password, stored_hash)
             try:
                 return self._hash.verify_and_update(password, stored_hash)
             except UnknownHashError:
                 self._argon2.verify(password, self._dummy_hash)
                 return False, None
 
-    def _verify_bcrypt(self, password: str, stored_hash: str) -> tuple[bool, str | None]:
-        candidate = password.encode()[:_BCRYPT_MAX_BYTES]
+    def _verify_bcrypt(self, raw: str, password: str, stored_hash: str) -> tuple[bool, str | None]:
+        # Flask-User hashed the password as typed (no normalization); the argon2id hash that
+        # replaces it is made from the normalized form, like every new hash.
+        candidate = raw.encode()[:_BCRYPT_MAX_BYTES]
         try:
             ok = BcryptHasher().verify(candidate, stored_hash)
         except ValueError:

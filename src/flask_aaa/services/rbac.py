@@ -380,6 +380,18 @@ def _admins_remain(
     return bool(db.scalar(stmt))
 
 
+def holds_superuser(db: Session, user: User) -> bool:
+    """Does ``user`` hold ``*`` through any of their roles (whether active or not)?"""
+    stmt = (
+        select(func.count())
+        .select_from(user_roles)
+        .join(role_permissions, role_permissions.c.role_id == user_roles.c.role_id)
+        .join(Permission, Permission.id == role_permissions.c.permission_id)
+        .where(Permission.name == SUPERUSER, user_roles.c.user_id == user.id)
+    )
+    return bool(db.scalar(stmt))
+
+
 def admins_remain_without(db: Session, user: User) -> bool:
     """Used when a user is disabled or deleted: would full administration survive?"""
     return _admins_remain(db, exclude_user=user.id)

@@ -26,7 +26,7 @@ def create_blueprint() -> Blueprint:
         """The user's own events, newest first. The actor filter is always the user: no
         argument can widen it to someone else's events."""
         user = signed_in_user()
-        flt = audit_filter(request.args, actor_id=user.id)
+        flt = audit_filter(request.args, involving_user=user.id)
         page = audit.query(
             db_session(),
             flt,
@@ -42,7 +42,7 @@ def create_blueprint() -> Blueprint:
     def activity_export() -> Response:
         """Download of the user's own events as JSON Lines."""
         user = signed_in_user()
-        flt = audit.AuditFilter(actor_id=user.id)
+        flt = audit.AuditFilter(involving_user=user.id)
         lines = audit.export_jsonl(db_session(), flt)
         response = Response(stream_with_context(lines), mimetype="application/x-ndjson")
         response.headers["Content-Disposition"] = 'attachment; filename="my-activity.jsonl"'

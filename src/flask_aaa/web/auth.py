@@ -24,10 +24,18 @@ from flask_limiter.util import get_remote_address
 from flask_login import login_user, logout_user
 from flask_wtf.csrf import generate_csrf
 
-from ..errors import AuthenticationFailed, InvalidInput
+from ..errors import AuthenticationFailed, InvalidInput, RegistrationClosed
 from ..models import LoginSession, User
-from ..services import accounts, sessions
-from .context import current_user, db_session, login_session, request_facts, signed_in_user, state
+from ..services import accounts, audit, sessions
+from .context import (
+    current_actor,
+    current_user,
+    db_session,
+    login_session,
+    request_facts,
+    signed_in_user,
+    state,
+)
 from .decorators import login_required, public
 from .forms import peek, read_fields
 from .security import safe_next, wants_json
@@ -43,16 +51,13 @@ def user_json(user: User) -> dict[str, Any]:
     }
 
 
-def start_session(user: User) -> str:
-    """Sign ``user`` in with a brand-new server session and a fresh cookie session (new
-    CSRF token too): nothing an attacker planted before login survives it."""
-    st = state()
-    token, record = sessions.create(db_session(), user, settings=st.settings, facts=request_facts())
+def establish(user: User, token: str, record: LoginSession) -> None:
+    """Bind a new server session to the browser with a fresh cookie session (and so a new
+    CSRF token): nothing an attacker planted before it survives."""
     session.clear()
     user._aaa_session_token = token
     login_user(user, remember=False, fresh=True)
     g._aaa_login_session = record
-    return token
 
 
 def _home() -> str:
@@ -74,8 +79,24 @@ def create_blueprint() -> Blueprint:
     limiter = st.limiter
     bp = Blueprint("aaa_auth", __name__)
 
+    def audit_throttled(limit: Any) -> None:
+        """A breached login limit is a security event: record it (the answer stays a 429)."""
+        audit.record_apart(
+            db_session(),
+            action="auth.login.throttled",
+            actor=current_actor(),
+            outcome="denied",
+            facts=request_facts(),
+            details={"limit": str(limit.limit)},
+        )
+
     def account_key() -> str:
-        return "login:" + accounts.login_key(peek("login"))
+        """One budget per account, whichever of its identifiers (username, email, any case
+        or width) is typed; unknown logins are limited by their normalized text."""
+        user = accounts.find_by_login(db_session(), settings, peek("login"))
+        return (
+            f"user:{user.id}" if user is not None else "login:" + accounts.login_key(peek("login"))
+        )
 
     def user_key() -> str:
         return f"user:{current_user.id}" if current_user.is_authenticated else get_remote_address()
@@ -89,13 +110,17 @@ def create_blueprint() -> Blueprint:
     @bp.route("/login", methods=["GET", "POST"])
     @public
     @limiter.limit(
-        lambda: settings.login_limit_per_ip, methods=["POST"], key_func=get_remote_address
+        lambda: settings.login_limit_per_ip,
+        methods=["POST"],
+        key_func=get_remote_address,
+        on_breach=audit_throttled,
     )
     @limiter.limit(
         lambda: settings.login_limit_per_account,
         methods=["POST"],
         key_func=account_key,
         deduct_when=lambda response: response.status_code == 401,
+        on_breach=audit_throttled,
     )
     def login() -> Any:
         nxt = safe_next(request.values.get("next") if not request.is_json else None)
@@ -109,14 +134,16 @@ def create_blueprint() -> Blueprint:
             return _form_error("aaa/login.html", exc, next=nxt)
         nxt = safe_next(fields.get("next")) or nxt
         db = db_session()
+        previous = login_session() if current_user.is_authenticated else None
         try:
-            user = accounts.authenticate(
+            user, token, record = accounts.sign_in(
                 db,
                 settings=settings,
                 passwords=st.passwords,
                 login=fields["login"],
                 password=fields["password"],
                 facts=request_facts(),
+                replaces=previous,
             )
         except InvalidInput as exc:
             # Malformed or over-long input is refused before any account is looked up,
@@ -133,7 +160,7 @@ def create_blueprint() -> Blueprint:
                 render_template("aaa/login.html", next=nxt, errors={"login": exc.message}),
                 status=401,
             )
-        start_session(user)
+        establish(user, token, record)
         db.commit()
         if wants_json():
             return jsonify({"user": user_json(user)})
@@ -163,11 +190,7 @@ def create_blueprint() -> Blueprint:
     )
     def register() -> Any:
         if not settings.enable_registration:
-            return _form_error(
-                "aaa/register.html",
-                InvalidInput({"registration": "Registration is closed."}),
-                status=403,
-            )
+            raise RegistrationClosed()
         if request.method == "GET":
             return render_template("aaa/register.html", errors={}, values={})
         values: dict[str, str] = {}
@@ -229,9 +252,11 @@ def create_blueprint() -> Blueprint:
         except InvalidInput as exc:
             db.rollback()
             return _form_error("aaa/change_password.html", exc)
+        # A new session id after the change (the old one is ended, as are all others).
         if record is not None:
             sessions.revoke(db, record, reason="rotated")
-        start_session(user)
+        token, new_record = sessions.create(db, user, settings=settings, facts=request_facts())
+        establish(user, token, new_record)
         db.commit()
         message = "Your password was changed."
         if ended:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar, cast
 
 from flask import make_response
 
-from ..errors import AAAError
+from ..errors import AAAError, PermissionDenied, ServiceUnavailable
 from ..services import audit, rbac
 from .context import current_actor, current_user, db_session, request_facts, signed_in_user
 
@@ -126,8 +126,20 @@ def audited(action: str, *, target: Callable[..., object] | None = None) -> Call
             audit.record(db, action=action, actor=actor, target=tgt, facts=facts)
             try:
                 response = make_response(view(*args, **kwargs))
-            except AAAError:
-                db.rollback()  # the service that raised has audited its own refusal
+            except (PermissionDenied, ServiceUnavailable):
+                db.rollback()  # a denial is audited where it is raised; a 503 cannot be
+                raise
+            except AAAError as exc:
+                db.rollback()
+                audit.record_apart(
+                    db,
+                    action=action,
+                    actor=actor,
+                    outcome="failure",
+                    target=tgt,
+                    facts=facts,
+                    details={"error": exc.code},
+                )
                 raise
             except Exception as exc:
                 db.rollback()

@@ -28,7 +28,10 @@ def _raw() -> dict[str, object]:
         return cached
     data: dict[str, object]
     if request.is_json:
-        body = request.get_json(silent=True)
+        try:
+            body = request.get_json(silent=True)
+        except RecursionError:  # absurdly deep nesting; ``silent`` catches only ValueError
+            body = None
         if not isinstance(body, dict):
             raise InvalidInput({"body": "Send a JSON object."})
         data = body
@@ -51,6 +54,8 @@ def read_fields(names: Iterable[str], *, required: Iterable[str] = ()) -> dict[s
             errors[name] = "Must be a string."
         elif len(value) > FIELD_MAX:
             errors[name] = "Too long."
+        elif not _encodable(value):
+            errors[name] = "Must be valid text."
         else:
             out[name] = value
     for name in required:
@@ -61,13 +66,22 @@ def read_fields(names: Iterable[str], *, required: Iterable[str] = ()) -> dict[s
     return out
 
 
+def _encodable(value: str) -> bool:
+    """False for strings with lone surrogates (possible in JSON), which no driver can store."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def peek(name: str) -> str:
     """A field's value for keying a rate limit; never raises, '' when unusable."""
     try:
         value = _raw().get(name)
     except InvalidInput:
         return ""
-    return value[:FIELD_MAX] if isinstance(value, str) else ""
+    return value[:FIELD_MAX] if isinstance(value, str) and _encodable(value) else ""
 
 
 def read_flag(name: str) -> bool:
@@ -96,7 +110,9 @@ def parse_cursor(value: str | None) -> int | None:
     return int(value)
 
 
-def audit_filter(args: Mapping[str, str], *, actor_id: int | None) -> AuditFilter:
+def audit_filter(
+    args: Mapping[str, str], *, actor_id: int | None = None, involving_user: int | None = None
+) -> AuditFilter:
     """The audit filters a listing page accepts, validated (everything else is ignored)."""
     for name in ("action", "outcome", "ip", "since", "until", "before", "user"):
         if len(args.get(name, "")) > 128:
@@ -106,6 +122,7 @@ def audit_filter(args: Mapping[str, str], *, actor_id: int | None) -> AuditFilte
         raise InvalidInput({"action": "Use a dotted action name, optionally ending in '*'."})
     return AuditFilter(
         actor_id=actor_id,
+        involving_user=involving_user,
         action=action,
         outcome=args.get("outcome") or None,
         ip=args.get("ip") or None,

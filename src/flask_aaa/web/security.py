@@ -10,7 +10,8 @@ from urllib.parse import urlsplit
 
 from flask import Flask, Response, g, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from ..db import reset_write_intent, set_write_intent
@@ -107,6 +108,8 @@ def install(app: Flask, settings: Settings) -> None:
     @app.after_request
     def add_headers(response: Response) -> Response:
         response.headers.setdefault("X-Request-ID", request_id())
+        # Responses depend on the session cookie: shared caches must not mix users.
+        response.headers.add("Vary", "Cookie")
         if not settings.security_headers:
             return response
         h = response.headers
@@ -119,10 +122,8 @@ def install(app: Flask, settings: Settings) -> None:
         if request.is_secure:
             h.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
         if request.blueprint in OWN_BLUEPRINTS:
-            # Pages with personal data or secrets: never cached, never leaked by Referer.
+            # Pages with personal data: never stored by the browser or a proxy.
             h["Cache-Control"] = "no-store"
-            h["Referrer-Policy"] = "no-referrer"
-        h.add("Vary", "Cookie")
         return response
 
     @app.errorhandler(AAAError)
@@ -148,9 +149,13 @@ def install(app: Flask, settings: Settings) -> None:
             "The form expired or was not sent by this site. Reload and try again.",
         )
 
-    @app.errorhandler(SQLAlchemyError)
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    @app.errorhandler(PoolTimeout)
     def on_database_error(exc: SQLAlchemyError) -> Response:
-        # Never show SQL or connection strings; log the kind of failure only.
+        # The database is down, unreachable or locked: tell the client to come back. Never
+        # show SQL or connection strings; log the kind of failure only. (Other database
+        # errors are bugs, and get Flask's generic 500.)
         _log.error("database failure: %s", type(exc).__name__)
         try:
             db_session().rollback()

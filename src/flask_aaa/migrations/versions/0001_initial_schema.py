@@ -43,6 +43,9 @@ def upgrade() -> None:
         batch_op.create_index("ix_aaa_audit_actor_seq", ["actor_id", "seq"], unique=False)
         batch_op.create_index("ix_aaa_audit_outcome_seq", ["outcome", "seq"], unique=False)
         batch_op.create_index("ix_aaa_audit_ts", ["ts"], unique=False)
+        batch_op.create_index(
+            "ix_aaa_audit_target_seq", ["target_type", "target_id", "seq"], unique=False
+        )
 
     op.create_table(
         "aaa_audit_head",
@@ -159,6 +162,7 @@ def downgrade() -> None:
     op.drop_table("aaa_authz_state")
     op.drop_table("aaa_audit_head")
     with op.batch_alter_table("aaa_audit_events", schema=None) as batch_op:
+        batch_op.drop_index("ix_aaa_audit_target_seq")
         batch_op.drop_index("ix_aaa_audit_ts")
         batch_op.drop_index("ix_aaa_audit_outcome_seq")
         batch_op.drop_index("ix_aaa_audit_actor_seq")
