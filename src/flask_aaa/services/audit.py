@@ -400,9 +400,11 @@ def export_jsonl(db: Session, flt: AuditFilter, *, batch: int = 2_000) -> Iterat
     """Every matching event, oldest first, as JSON lines, read in batches by ``seq`` so that
     memory stays constant however long the trail is."""
     columns = [getattr(AuditEvent, name) for name in _HASHED_FIELDS] + [AuditEvent.hash]
-    after = 0
+    after: int | None = None  # no lower bound at first: every row is exported, even forged ones
     while True:
-        stmt = flt.apply(select(*columns)).where(AuditEvent.seq > after)
+        stmt = flt.apply(select(*columns))
+        if after is not None:
+            stmt = stmt.where(AuditEvent.seq > after)
         rows = db.execute(stmt.order_by(AuditEvent.seq).limit(batch)).all()
         if not rows:
             return
