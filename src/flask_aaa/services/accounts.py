@@ -10,6 +10,7 @@ the password wrong or the account disabled; only the audit trail knows which.
 from __future__ import annotations
 
 import dataclasses
+import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -384,6 +385,11 @@ def set_active(
     """Enable or disable an account. Disabling ends its sessions; the last full
     administrator cannot be disabled. False if nothing changed."""
     rbac.check(db, actor, [rbac.MANAGE_USERS], facts=facts, target=user)
+    # No delegation beyond one's own rights: only someone holding everything the account
+    # holds may switch it off (or on).
+    rbac.require_holds_all(
+        db, actor, rbac.load_grants(db, user.id).permissions, facts, "change an account"
+    )
     if user.active == active:
         return False
     if not active and rbac.holds_superuser(db, user) and not rbac.admins_remain_without(db, user):
@@ -403,7 +409,7 @@ def set_active(
 
 def find_user(db: Session, settings: Settings, name: str) -> User | None:
     """Look a user up by username, email or ``#id`` (CLI and admin pages)."""
-    if name.startswith("#") and name[1:].isdigit():
+    if re.fullmatch(r"#[0-9]{1,18}", name):
         return db.get(User, int(name[1:]))
     return find_by_login(
         db, dataclasses.replace(settings, enable_username=True, enable_email=True), name

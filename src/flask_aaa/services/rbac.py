@@ -162,7 +162,7 @@ def deny(
     raise PermissionDenied(requirement, message)
 
 
-def _require_holds_all(
+def require_holds_all(
     db: Session, actor: Actor, names: Iterable[str], facts: RequestFacts | None, what: str
 ) -> None:
     """No delegation beyond one's own rights: the actor must hold what it hands out."""
@@ -249,7 +249,7 @@ def add_permission(
     """Give ``role`` a permission (created on first use). False if it had it already."""
     check(db, actor, [MANAGE_ROLES], facts=facts, target=role)
     name = validate_permission_name(permission)
-    _require_holds_all(db, actor, [name], facts, "grant a permission")
+    require_holds_all(db, actor, [name], facts, "grant a permission")
     perm = ensure_permission(db, name)
     if perm in role.permissions:
         return False
@@ -273,7 +273,7 @@ def remove_permission(
     """Take a permission from ``role``. False if it did not have it."""
     check(db, actor, [MANAGE_ROLES], facts=facts, target=role)
     name = validate_permission_name(permission)
-    _require_holds_all(db, actor, [name], facts, "remove a permission")
+    require_holds_all(db, actor, [name], facts, "remove a permission")
     perm = find_permission(db, name)
     if perm is None or perm not in role.permissions:
         return False
@@ -298,7 +298,7 @@ def grant_role(
 ) -> bool:
     """Give ``user`` a role. False if they had it already."""
     check(db, actor, [ASSIGN_ROLES], facts=facts, target=user)
-    _require_holds_all(db, actor, [p.name for p in role.permissions], facts, "grant a role")
+    require_holds_all(db, actor, [p.name for p in role.permissions], facts, "grant a role")
     if role in user.roles:
         return False
     before = sorted(r.name for r in user.roles)
@@ -321,7 +321,7 @@ def revoke_role(
 ) -> bool:
     """Take a role from ``user``. False if they did not have it."""
     check(db, actor, [ASSIGN_ROLES], facts=facts, target=user)
-    _require_holds_all(db, actor, [p.name for p in role.permissions], facts, "revoke a role")
+    require_holds_all(db, actor, [p.name for p in role.permissions], facts, "revoke a role")
     if role not in user.roles:
         return False
     if any(p.name == SUPERUSER for p in role.permissions) and not _admins_remain(

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, jsonify, render_template, request, stream
 from ..services import audit
 from .context import db_session, signed_in_user, state
 from .decorators import login_required
-from .forms import audit_filter, parse_cursor
+from .forms import audit_filter, filter_args, parse_cursor
 from .security import wants_json
 
 
@@ -35,7 +35,9 @@ def create_blueprint() -> Blueprint:
         )
         if wants_json():
             return jsonify(page_json(page))
-        return render_template("aaa/activity.html", page=page, filters=request.args, user=user)
+        return render_template(
+            "aaa/activity.html", page=page, filters=filter_args(request.args), user=user
+        )
 
     @bp.get("/activity.jsonl")
     @login_required

@@ -28,7 +28,7 @@ from ..services import accounts, audit, rbac, sessions
 from .account import page_json
 from .context import current_actor, db_session, request_facts, state
 from .decorators import permissions_required
-from .forms import audit_filter, parse_cursor, read_fields
+from .forms import audit_filter, filter_args, parse_cursor, read_fields
 from .security import wants_json
 
 
@@ -66,7 +66,7 @@ def create_blueprint() -> Blueprint:
     @permissions_required(rbac.READ_USERS)
     def users() -> Any:
         db = db_session()
-        after = parse_cursor(request.args.get("after")) or 0
+        after = parse_cursor(request.args.get("after"), "after") or 0
         size = state().settings.page_size
         rows = list(
             db.scalars(
@@ -235,7 +235,10 @@ def create_blueprint() -> Blueprint:
         if wants_json():
             return jsonify(page_json(page))
         return render_template(
-            "aaa/admin_audit.html", page=page, filters=request.args, outcomes=audit.OUTCOMES
+            "aaa/admin_audit.html",
+            page=page,
+            filters=filter_args(request.args),
+            outcomes=audit.OUTCOMES,
         )
 
     @bp.get("/audit.jsonl")

@@ -15,6 +15,7 @@ from flask import g, request
 from ..errors import InvalidInput
 from ..services.audit import AuditFilter
 
+_CURSOR_RE = re.compile(r"[0-9]{1,18}")
 _ACTION_RE = re.compile(r"^[a-z0-9_.]{1,64}\*?$")
 
 #: Longest value accepted in any field; longer is refused before any work is done. The
@@ -95,19 +96,30 @@ def parse_time(name: str, value: str | None) -> dt.datetime | None:
         return None
     try:
         parsed = dt.datetime.fromisoformat(value.strip())
-    except ValueError:
+        return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
         raise InvalidInput(
             {name: "Use an ISO 8601 date or time, e.g. 2026-01-31 or 2026-01-31T08:00."}
         ) from None
-    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
 
 
-def parse_cursor(value: str | None) -> int | None:
+def parse_cursor(value: str | None, name: str = "before") -> int | None:
+    """A keyset cursor from a query string: ASCII digits only (``str.isdigit`` would let
+    ``²`` through to ``int()``)."""
     if not value:
         return None
-    if not value.isdigit() or len(value) > 18:
-        raise InvalidInput({"before": "Must be a positive whole number."})
+    if not _CURSOR_RE.fullmatch(value):
+        raise InvalidInput({name: "Must be a positive whole number."})
     return int(value)
+
+
+#: The query arguments the audit listings understand; links on the pages carry only these.
+FILTER_ARGS = ("user", "action", "outcome", "ip", "since", "until")
+
+
+def filter_args(args: Mapping[str, str]) -> dict[str, str]:
+    """The recognised, non-empty filter arguments (safe to hand to ``url_for``)."""
+    return {name: value for name in FILTER_ARGS if (value := args.get(name, ""))}
 
 
 def audit_filter(

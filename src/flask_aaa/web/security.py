@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..db import reset_write_intent, set_write_intent
 from ..errors import AAAError, InvalidInput, LoginRequired, ServiceUnavailable, Throttled
-from .context import db_session, request_id
+from .context import AnonymousUser, db_session, request_id
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -157,6 +157,8 @@ def install(app: Flask, settings: Settings) -> None:
         # show SQL or connection strings; log the kind of failure only. (Other database
         # errors are bugs, and get Flask's generic 500.)
         _log.error("database failure: %s", type(exc).__name__)
+        # The error page must not touch the database again (its header shows the user).
+        g._login_user = AnonymousUser()
         try:
             db_session().rollback()
         except SQLAlchemyError:
