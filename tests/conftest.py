@@ -69,13 +69,37 @@ def _describe(url: str) -> str:
 
 def reset_database(url: str) -> None:
     """Drop and recreate every table of the shared metadata (used for PostgreSQL)."""
+    empty_database(url)
+    engine = create_engine(url)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+
+
+def empty_database(url: str) -> None:
+    """Drop everything in a PostgreSQL test database (a no-op for SQLite files)."""
     engine = create_engine(url)
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
+            # A test that left a transaction open (an unread streaming response, say) must
+            # not block the next one: end every other connection to the test database.
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
             connection.execute(text("DROP SCHEMA public CASCADE"))
             connection.execute(text("CREATE SCHEMA public"))
-    Base.metadata.create_all(engine)
     engine.dispose()
+
+
+def dump_database(engine: Any) -> str:
+    """Every row of every table, as text: for checking that a secret is stored nowhere."""
+    lines: list[str] = []
+    with engine.connect() as connection:
+        for table in Base.metadata.sorted_tables:
+            lines.extend(repr(tuple(row)) for row in connection.execute(table.select()))
+    return "\n".join(lines)
 
 
 def flush_redis() -> None:

@@ -17,7 +17,7 @@ from flask_aaa.db import writing
 from flask_aaa.models import AuthzState, LoginSession
 from flask_aaa.services import accounts, sessions
 from flask_aaa.services.actors import RequestFacts
-from tests.conftest import PASSWORD, SYSTEM
+from tests.conftest import PASSWORD, SYSTEM, dump_database
 
 FACTS = RequestFacts(ip="203.0.113.9", user_agent="pytest-agent")
 START = dt.datetime(2030, 1, 1, 8, 0, tzinfo=dt.UTC)
@@ -91,11 +91,7 @@ def test_S07_only_the_sha256_is_stored(session, engine, user, settings):
     assert record.token_hash == hashlib.sha256(token.encode()).hexdigest()
     stored = session.scalar(select(LoginSession.token_hash).where(LoginSession.id == record.id))
     assert stored == record.token_hash
-    raw = engine.raw_connection()
-    try:
-        dump = "\n".join(raw.driver_connection.iterdump())
-    finally:
-        raw.close()
+    dump = dump_database(engine)
     assert record.token_hash in dump
     assert token not in dump
 

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from flask import Flask
-from sqlalchemy import func, select, text
+from sqlalchemy import func, inspect, select
 
 from flask_aaa.models import AuditEvent, User
 from tests.conftest import fresh, login, post
@@ -253,9 +253,7 @@ FILTERS = ["user", "action", "outcome", "ip", "since", "until", "before"]
 
 def _fingerprint(db: Any) -> tuple[int, int]:
     session = fresh(db)
-    tables = session.execute(
-        text("SELECT count(*) FROM sqlite_master WHERE name = 'aaa_audit_events'")
-    ).scalar()
+    tables = int(inspect(session.connection()).has_table("aaa_audit_events"))
     return int(tables or 0), int(session.scalar(select(func.count()).select_from(AuditEvent)))
 
 

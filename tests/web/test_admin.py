@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from flask import Flask, url_for
-from sqlalchemy import func, select, text
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import OperationalError
 
 import flask_aaa.services.audit as audit_service
@@ -750,9 +750,7 @@ FILTERS = ["user", "action", "outcome", "ip", "since", "until", "before"]
 
 def _table_fingerprint(db: Any) -> tuple[int, int, str]:
     session = fresh(db)
-    tables = session.execute(
-        text("SELECT count(*) FROM sqlite_master WHERE name = 'aaa_audit_events'")
-    ).scalar()
+    tables = int(inspect(session.connection()).has_table("aaa_audit_events"))
     count = session.execute(text("SELECT count(*) FROM aaa_audit_events")).scalar()
     last = session.execute(text("SELECT hash FROM aaa_audit_events ORDER BY seq DESC")).scalar()
     return int(tables or 0), int(count or 0), str(last)

@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from flask_aaa import migrations
 from flask_aaa.models import GENESIS_HASH, Base
-from tests.conftest import DATABASE_URL
+from tests.conftest import DATABASE_URL, empty_database
 
 
 def _ours(name: str | None) -> bool:
@@ -19,11 +19,8 @@ def _ours(name: str | None) -> bool:
 @pytest.fixture
 def empty_engine(tmp_path):
     url = DATABASE_URL or f"sqlite:///{tmp_path / 'migrate.db'}"
+    empty_database(url)
     engine = create_engine(url)
-    if engine.dialect.name == "postgresql":
-        with engine.begin() as connection:
-            connection.execute(text("DROP SCHEMA public CASCADE"))
-            connection.execute(text("CREATE SCHEMA public"))
     yield engine
     engine.dispose()
 
@@ -67,12 +64,7 @@ def test_cli_db_upgrade_on_a_new_database(tmp_path):
     from tests.conftest import SECRET, build_app
 
     url = DATABASE_URL or f"sqlite:///{tmp_path / 'cli.db'}"
-    if DATABASE_URL:
-        engine = create_engine(url)
-        with engine.begin() as connection:
-            connection.execute(text("DROP SCHEMA public CASCADE"))
-            connection.execute(text("CREATE SCHEMA public"))
-        engine.dispose()
+    empty_database(url)
     app = build_app(
         {
             "TESTING": True,
