@@ -310,3 +310,15 @@ def test_V01_engine_down_anonymous_login_form_gets_503_page(client, make_user, e
 def test_V01_engine_down_public_page_still_served(client, engine_down):
     engine_down()
     assert client.get("/").status_code == 200
+
+
+def test_the_stylesheet_of_every_page_is_served_locally(client):
+    """The pages link their CSS from this app (no CDN), and that link works."""
+    import re
+
+    page = client.get("/auth/login").get_data(as_text=True)
+    href = re.search(r'<link rel="stylesheet" href="([^"]+)"', page).group(1)
+    assert href.startswith("/")
+    response = client.get(href)
+    assert response.status_code == 200
+    assert response.mimetype == "text/css"
