@@ -6,6 +6,7 @@ and exit with status 1; nothing is half-done (each command is one transaction).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import getpass
 import secrets
@@ -51,20 +52,23 @@ def _db() -> Session:
     return state().db.session()
 
 
-def transactional(command: F) -> F:
-    """Run a command as one write transaction; turn library errors into clean exits."""
+def _guarded(command: F, *, write: bool) -> F:
+    """Run a command (as one write transaction when ``write``); turn library and database
+    errors into a one-line message and exit status 1, never a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         db = _db()
         try:
-            with writing():
+            with writing() if write else contextlib.nullcontext():
                 result = command(*args, **kwargs)
-                db.commit()
+                if write:
+                    db.commit()
         except SQLAlchemyError as exc:
             db.rollback()
+            outcome = "nothing was changed" if write else "is the database up to date?"
             raise click.ClickException(
-                f"database error ({type(exc).__name__}); nothing was changed"
+                f"database error ({type(exc).__name__}); {outcome}"
             ) from None
         except AAAError as exc:
             db.rollback()
@@ -76,6 +80,16 @@ def transactional(command: F) -> F:
         return result
 
     return cast("F", wrapper)
+
+
+def transactional(command: F) -> F:
+    """A command that changes state: one transaction, committed at the end."""
+    return _guarded(command, write=True)
+
+
+def reading(command: F) -> F:
+    """A command that only reads."""
+    return _guarded(command, write=False)
 
 
 def _user(name: str) -> User:
@@ -95,6 +109,7 @@ def db_group() -> None:
 
 @db_group.command("upgrade")
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
+@transactional
 def db_upgrade(revision: str) -> None:
     """Apply the shipped migrations to the app's database."""
     engine = state().db.engine
@@ -103,6 +118,7 @@ def db_upgrade(revision: str) -> None:
 
 
 @db_group.command("current")
+@reading
 def db_current() -> None:
     """Show the revision the database is at, and the newest one shipped."""
     engine = state().db.engine
@@ -150,6 +166,7 @@ def create_user(login: str, email: str | None, password: str, roles: tuple[str, 
 
 
 @aaa_cli.command("list-users")
+@reading
 def list_users() -> None:
     """List every account with its roles and state."""
     rows = _db().scalars(select(User).order_by(User.id).options(selectinload(User.roles)))
@@ -201,6 +218,7 @@ def create_role(name: str, description: str, permissions: tuple[str, ...]) -> No
 
 
 @aaa_cli.command("list-roles")
+@reading
 def list_roles() -> None:
     """List roles with their permissions."""
     rows = _db().scalars(select(Role).order_by(Role.name).options(selectinload(Role.permissions)))
@@ -297,6 +315,7 @@ def audit_group() -> None:
 
 
 @audit_group.command("verify")
+@reading
 def audit_verify() -> None:
     """Check the whole hash chain; exit 1 and name the first bad event if it is broken."""
     report = audit.verify_chain(_db())
@@ -323,6 +342,7 @@ def audit_verify() -> None:
 @click.option("--outcome", type=click.Choice(list(audit.OUTCOMES)))
 @click.option("--since", help="ISO 8601 start (UTC if no offset).")
 @click.option("--until", help="ISO 8601 end.")
+@reading
 def audit_export(
     output: Any,
     user_name: str | None,

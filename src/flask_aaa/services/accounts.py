@@ -86,8 +86,8 @@ def login_key(value: str) -> str:
 
 def find_by_login(db: Session, settings: Settings, login: str) -> User | None:
     key = login_key(login)
-    if not key or len(key) > LOGIN_MAX:
-        return None
+    if not key or len(key) > LOGIN_MAX or "\x00" in key:
+        return None  # cannot match a stored name (and PostgreSQL refuses NUL in text)
     clauses = []
     if settings.enable_email and "@" in key:
         clauses.append(User.email_key == key)
@@ -388,7 +388,12 @@ def set_active(
     # No delegation beyond one's own rights: only someone holding everything the account
     # holds may switch it off (or on).
     rbac.require_holds_all(
-        db, actor, rbac.load_grants(db, user.id).permissions, facts, "change an account"
+        db,
+        actor,
+        rbac.load_grants(db, user.id).permissions,
+        facts,
+        "change an account",
+        user,
     )
     if user.active == active:
         return False

@@ -163,7 +163,12 @@ def deny(
 
 
 def require_holds_all(
-    db: Session, actor: Actor, names: Iterable[str], facts: RequestFacts | None, what: str
+    db: Session,
+    actor: Actor,
+    names: Iterable[str],
+    facts: RequestFacts | None,
+    what: str,
+    target: object | None = None,
 ) -> None:
     """No delegation beyond one's own rights: the actor must hold what it hands out."""
     if actor.is_system:
@@ -175,6 +180,7 @@ def require_holds_all(
             actor,
             " and ".join(lacking),
             facts=facts,
+            target=target,
             message=f"You cannot {what} with permissions you do not hold: {', '.join(lacking)}.",
         )
 
@@ -249,7 +255,7 @@ def add_permission(
     """Give ``role`` a permission (created on first use). False if it had it already."""
     check(db, actor, [MANAGE_ROLES], facts=facts, target=role)
     name = validate_permission_name(permission)
-    require_holds_all(db, actor, [name], facts, "grant a permission")
+    require_holds_all(db, actor, [name], facts, "grant a permission", role)
     perm = ensure_permission(db, name)
     if perm in role.permissions:
         return False
@@ -273,7 +279,7 @@ def remove_permission(
     """Take a permission from ``role``. False if it did not have it."""
     check(db, actor, [MANAGE_ROLES], facts=facts, target=role)
     name = validate_permission_name(permission)
-    require_holds_all(db, actor, [name], facts, "remove a permission")
+    require_holds_all(db, actor, [name], facts, "remove a permission", role)
     perm = find_permission(db, name)
     if perm is None or perm not in role.permissions:
         return False
@@ -298,7 +304,7 @@ def grant_role(
 ) -> bool:
     """Give ``user`` a role. False if they had it already."""
     check(db, actor, [ASSIGN_ROLES], facts=facts, target=user)
-    require_holds_all(db, actor, [p.name for p in role.permissions], facts, "grant a role")
+    require_holds_all(db, actor, [p.name for p in role.permissions], facts, "grant a role", user)
     if role in user.roles:
         return False
     before = sorted(r.name for r in user.roles)
@@ -321,7 +327,7 @@ def revoke_role(
 ) -> bool:
     """Take a role from ``user``. False if they did not have it."""
     check(db, actor, [ASSIGN_ROLES], facts=facts, target=user)
-    require_holds_all(db, actor, [p.name for p in role.permissions], facts, "revoke a role")
+    require_holds_all(db, actor, [p.name for p in role.permissions], facts, "revoke a role", user)
     if role not in user.roles:
         return False
     if any(p.name == SUPERUSER for p in role.permissions) and not _admins_remain(

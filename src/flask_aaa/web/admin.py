@@ -137,15 +137,20 @@ def create_blueprint() -> Blueprint:
         value = read_fields(["active"], required=["active"])["active"]
         if value not in ("0", "1"):
             raise InvalidInput({"active": "Use 1 to enable or 0 to disable."})
-        accounts.set_active(
+        changed = accounts.set_active(
             db_session(),
             actor=current_actor(),
             user=user,
             active=value == "1",
             facts=request_facts(),
         )
-        state_word = "enabled" if value == "1" else "disabled (and signed out everywhere)"
-        return _done(f"{user.label} is {state_word}.", "aaa_admin.user_detail", user_id=user.id)
+        if not changed:
+            message = f"{user.label} was already {'enabled' if value == '1' else 'disabled'}."
+        elif value == "1":
+            message = f"{user.label} is enabled."
+        else:
+            message = f"{user.label} is disabled and signed out everywhere."
+        return _done(message, "aaa_admin.user_detail", user_id=user.id)
 
     @bp.get("/roles")
     @permissions_required(rbac.READ_USERS)

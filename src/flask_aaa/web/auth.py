@@ -6,6 +6,7 @@ endpoint answers JSON to JSON clients (send ``X-CSRFToken``; get one from ``/aut
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask import (
@@ -60,6 +61,25 @@ def establish(user: User, token: str, record: LoginSession) -> None:
     g._aaa_login_session = record
 
 
+class _Recently:
+    """Remembers keys for ``window`` seconds (bounded: it forgets everything when full)."""
+
+    def __init__(self, window: float, size: int = 10_000) -> None:
+        self._window = window
+        self._size = size
+        self._seen: dict[str, float] = {}
+
+    def seen(self, key: str) -> bool:
+        now = time.monotonic()
+        last = self._seen.get(key)
+        if last is not None and now - last < self._window:
+            return True
+        if len(self._seen) >= self._size:
+            self._seen.clear()
+        self._seen[key] = now
+        return False
+
+
 def _home() -> str:
     endpoint = state().settings.home_endpoint
     return url_for(endpoint) if endpoint else "/"
@@ -79,14 +99,22 @@ def create_blueprint() -> Blueprint:
     limiter = st.limiter
     bp = Blueprint("aaa_auth", __name__)
 
+    recently_audited = _Recently(window=60.0)
+
     def audit_throttled(limit: Any) -> None:
-        """A breached login limit is a security event: record it (the answer stays a 429)."""
+        """A breached login limit is a security event: record it, once a minute per limit
+        and key per process (a flood of refused requests must not become a flood of
+        writes). The account, when the login names one, is the event's target."""
+        if recently_audited.seen(str(getattr(limit, "key", limit.limit))):
+            return
+        db = db_session()
         audit.record_apart(
-            db_session(),
+            db,
             action="auth.login.throttled",
             actor=current_actor(),
             outcome="denied",
             facts=request_facts(),
+            target=accounts.find_by_login(db, settings, peek("login")),
             details={"limit": str(limit.limit)},
         )
 

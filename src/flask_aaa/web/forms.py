@@ -22,6 +22,9 @@ _ACTION_RE = re.compile(r"^[a-z0-9_.]{1,64}\*?$")
 #: password service has its own, lower, limit for passwords.
 FIELD_MAX = 4096
 
+#: Fields that carry passwords: hashed, never stored, so they keep every character (NUL too).
+PASSWORD_FIELDS = frozenset({"password", "confirm", "current_password", "new_password"})
+
 
 def _raw() -> dict[str, object]:
     cached: dict[str, object] | None = g.get("_aaa_fields")
@@ -55,7 +58,9 @@ def read_fields(names: Iterable[str], *, required: Iterable[str] = ()) -> dict[s
             errors[name] = "Must be a string."
         elif len(value) > FIELD_MAX:
             errors[name] = "Too long."
-        elif not _encodable(value):
+        elif not _encodable(value) or ("\x00" in value and name not in PASSWORD_FIELDS):
+            # NUL cannot be stored by PostgreSQL; passwords are hashed, never stored, and
+            # keep every character they are given.
             errors[name] = "Must be valid text."
         else:
             out[name] = value
@@ -127,8 +132,11 @@ def audit_filter(
 ) -> AuditFilter:
     """The audit filters a listing page accepts, validated (everything else is ignored)."""
     for name in ("action", "outcome", "ip", "since", "until", "before", "user"):
-        if len(args.get(name, "")) > 128:
+        value = args.get(name, "")
+        if len(value) > 128:
             raise InvalidInput({name: "Too long."})
+        if not _encodable(value) or "\x00" in value:
+            raise InvalidInput({name: "Must be valid text."})
     action = args.get("action") or None
     if action is not None and not _ACTION_RE.match(action):
         raise InvalidInput({"action": "Use a dotted action name, optionally ending in '*'."})
