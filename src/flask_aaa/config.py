@@ -61,12 +61,50 @@ DEFAULTS: dict[str, Any] = {
     "RATELIMIT_STORAGE_URI": "memory://",
     #: Login attempts allowed per client IP (all outcomes count).
     "LOGIN_LIMIT_PER_IP": "60 per minute",
-    #: Failed logins allowed per account, whatever the IP (only failures count).
-    "LOGIN_LIMIT_PER_ACCOUNT": "10 per minute; 100 per day",
+    #: Failed logins allowed per account, whatever the IP (only failures count). Longer
+    #: attacks meet the account lockout below, which backs off instead of locking for good.
+    "LOGIN_LIMIT_PER_ACCOUNT": "10 per minute",
+    #: Consecutive failed passwords that lock an account (at most 100, per NIST/ASVS).
+    "LOCKOUT_THRESHOLD": 10,
+    #: First lockout, in seconds; each further lockout doubles it, up to the maximum.
+    "LOCKOUT_BASE_SECONDS": 60,
+    #: Longest lockout, in seconds: an attacker can delay a victim, never lock them out.
+    "LOCKOUT_MAX_SECONDS": 3600,
     #: Registrations allowed per client IP.
     "REGISTER_LIMIT_PER_IP": "10 per hour",
     #: Password-change attempts allowed per user.
     "CHANGE_PASSWORD_LIMIT": "10 per hour",
+    #: Canonical external URL of the app (``https://example.org``). Links in mail are built
+    #: from it, never from the request's Host header. Required for mail outside debug/testing.
+    "BASE_URL": None,
+    #: Sender address of the library's mail.
+    "MAIL_SENDER": "no-reply@localhost",
+    #: New accounts must confirm their email address before they can sign in.
+    "CONFIRM_EMAIL": False,
+    #: Lifetime of an email-confirmation link, in seconds.
+    "CONFIRM_TTL": 24 * 60 * 60,
+    #: Lifetime of a password-reset link, in seconds.
+    "RESET_TTL": 60 * 60,
+    #: Lifetime of an invitation link, in seconds.
+    "INVITE_TTL": 7 * 24 * 60 * 60,
+    #: Registration only through an invitation (``AAA_ENABLE_REGISTRATION`` must be on).
+    "INVITE_ONLY": False,
+    #: Mail-sending requests (reset, resend confirmation, invite) allowed per IP and per address.
+    "MAIL_LIMIT": "5 per hour",
+    #: Offer "remember me" at login: a rotating, revocable long-lived sign-in cookie.
+    "REMEMBER_ME": True,
+    #: Lifetime of a remember-me token, in days.
+    "REMEMBER_DAYS": 30,
+    #: Users holding any of these roles must use two-factor authentication.
+    "MFA_REQUIRED_ROLES": (),
+    #: Issuer shown in authenticator apps (default: ``AAA_APP_NAME``).
+    "MFA_ISSUER": None,
+    #: Wrong codes allowed in one sign-in before it starts over with the password.
+    "MFA_MAX_ATTEMPTS": 5,
+    #: Minimum password length for users with two-factor authentication (NIST: 8).
+    "PASSWORD_MIN_LENGTH_MFA": 8,
+    #: Seconds a password confirmation ("re-authentication") stays fresh for sensitive actions.
+    "REAUTH_WINDOW": 5 * 60,
     #: Largest request body (bytes) the library's own endpoints accept.
     "MAX_BODY_SIZE": 64 * 1024,
     #: Mount point of the authentication pages (login, logout, register, password).
@@ -89,6 +127,23 @@ DEFAULTS: dict[str, Any] = {
         "base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
     ),
 }
+
+#: Settings that must be at least 1.
+_POSITIVE = (
+    "password_hash_concurrency",
+    "session_idle_timeout",
+    "session_touch_interval",
+    "page_size",
+    "max_body_size",
+    "lockout_base_seconds",
+    "lockout_max_seconds",
+    "confirm_ttl",
+    "reset_ttl",
+    "invite_ttl",
+    "remember_days",
+    "mfa_max_attempts",
+    "reauth_window",
+)
 
 #: SECRET_KEY values that are refused outside debug and testing.
 _KNOWN_WEAK_KEYS = frozenset(
@@ -119,8 +174,26 @@ class Settings:
     ratelimit_storage_uri: str
     login_limit_per_ip: str
     login_limit_per_account: str
+    lockout_threshold: int
+    lockout_base_seconds: int
+    lockout_max_seconds: int
     register_limit_per_ip: str
     change_password_limit: str
+    base_url: str | None
+    mail_sender: str
+    confirm_email: bool
+    confirm_ttl: int
+    reset_ttl: int
+    invite_ttl: int
+    invite_only: bool
+    mail_limit: str
+    remember_me: bool
+    remember_days: int
+    mfa_required_roles: tuple[str, ...]
+    mfa_issuer: str | None
+    mfa_max_attempts: int
+    password_min_length_mfa: int
+    reauth_window: int
     max_body_size: int
     auth_url_prefix: str
     account_url_prefix: str
@@ -145,6 +218,9 @@ class Settings:
         }
         for key, default in DEFAULTS.items():
             _check_type(key, values[key.lower()], default)
+        values["mfa_required_roles"] = tuple(values["mfa_required_roles"])
+        if values["base_url"] is not None:
+            values["base_url"] = values["base_url"].rstrip("/")
         if values["secure_cookies"] is None:
             values["secure_cookies"] = not (debug or testing)
         settings = cls(**values)
@@ -156,6 +232,14 @@ class Settings:
     def _validate(self, *, testing: bool) -> None:
         if not (self.enable_username or self.enable_email):
             raise ConfigurationError("enable at least one of AAA_ENABLE_USERNAME, AAA_ENABLE_EMAIL")
+        if (self.confirm_email or self.invite_only) and not self.enable_email:
+            raise ConfigurationError("AAA_CONFIRM_EMAIL and AAA_INVITE_ONLY need AAA_ENABLE_EMAIL")
+        if self.base_url is not None and not self.base_url.startswith(("https://", "http://")):
+            raise ConfigurationError("AAA_BASE_URL must be an absolute http(s) URL")
+        self._validate_passwords(testing=testing)
+        self._validate_durations()
+
+    def _validate_passwords(self, *, testing: bool) -> None:
         if self.password_hash_preset not in HASH_PRESETS:
             raise ConfigurationError(
                 f"AAA_PASSWORD_HASH_PRESET must be one of {sorted(HASH_PRESETS)}"
@@ -164,19 +248,23 @@ class Settings:
             raise ConfigurationError("AAA_PASSWORD_HASH_PRESET='fast' is only allowed in TESTING")
         if not 8 <= self.password_min_length <= 64:
             raise ConfigurationError("AAA_PASSWORD_MIN_LENGTH must be between 8 and 64")
+        if not 8 <= self.password_min_length_mfa <= self.password_min_length:
+            raise ConfigurationError(
+                "AAA_PASSWORD_MIN_LENGTH_MFA must be between 8 and AAA_PASSWORD_MIN_LENGTH"
+            )
         if self.password_max_length < max(64, self.password_min_length):
             raise ConfigurationError("AAA_PASSWORD_MAX_LENGTH must allow at least 64 characters")
-        for name in (
-            "password_hash_concurrency",
-            "session_idle_timeout",
-            "session_touch_interval",
-            "page_size",
-            "max_body_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigurationError(f"AAA_{name.upper()} must be positive")
         if self.password_hash_wait < 0:
             raise ConfigurationError("AAA_PASSWORD_HASH_WAIT must not be negative")
+        if not 1 <= self.lockout_threshold <= 100:
+            raise ConfigurationError("AAA_LOCKOUT_THRESHOLD must be between 1 and 100")
+
+    def _validate_durations(self) -> None:
+        for name in _POSITIVE:
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"AAA_{name.upper()} must be positive")
+        if self.lockout_max_seconds < self.lockout_base_seconds:
+            raise ConfigurationError("AAA_LOCKOUT_MAX_SECONDS must not be below the base")
         if self.session_touch_interval >= self.session_idle_timeout:
             raise ConfigurationError(
                 "AAA_SESSION_TOUCH_INTERVAL must be shorter than AAA_SESSION_IDLE_TIMEOUT, "
@@ -226,6 +314,12 @@ def _reject_unknown_keys(config: Mapping[str, Any]) -> None:
 
 
 def _check_type(key: str, value: Any, default: Any) -> None:
+    if isinstance(default, tuple):
+        if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+            raise ConfigurationError(f"AAA_{key} must be a list of strings")
+        if not all(isinstance(item, str) for item in value):
+            raise ConfigurationError(f"AAA_{key} must be a list of strings")
+        return
     if default is None:
         if key == "SECURE_COOKIES":
             if value is not None and not isinstance(value, bool):

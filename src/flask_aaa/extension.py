@@ -24,7 +24,7 @@ from .errors import LoginRequired
 from .models import Base, User
 from .services import rbac, sessions
 from .services.passwords import PasswordService
-from .web import account, admin, auth, security
+from .web import account, admin, auth, security, signin
 from .web.context import AnonymousUser, current_user, state
 from .web.decorators import GUARD_ATTR
 
@@ -85,6 +85,12 @@ class AAA:
             grants=rbac.GrantsCache(),
         )
         security.install(app, settings)
+        # Before any guard runs: restore a remembered sign-in, rotate a session whose
+        # privileges changed.
+        if settings.remember_me:
+            app.before_request(signin.restore_from_remember)
+            app.after_request(signin.after_request)
+        app.before_request(signin.rotate_if_due)
         if settings.deny_by_default:
             app.before_request(_deny_unguarded)
 

@@ -16,6 +16,7 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     ForeignKey,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     event,
+    false,
     text,
     true,
 )
@@ -89,6 +91,17 @@ class User(Base):
     last_login_at: Mapped[dt.datetime | None]
     last_login_ip: Mapped[str | None] = mapped_column(String(45))
     login_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    email_confirmed_at: Mapped[dt.datetime | None]
+    #: Consecutive failed passwords since the last success or lockout.
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    #: How many lockouts in a row (each doubles the next one); reset by a successful login.
+    lockouts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    locked_until: Mapped[dt.datetime | None]
+    #: Base32 TOTP secret, set once enrolment is confirmed. Never logged or audited.
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    #: The last TOTP time step accepted: a code is good once (replay protection).
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
+    mfa_enabled_at: Mapped[dt.datetime | None]
 
     roles: Mapped[list[Role]] = relationship(
         secondary=user_roles, back_populates="users", order_by="Role.name"
@@ -101,6 +114,10 @@ class User(Base):
 
     def __repr__(self) -> str:
         return f"<User {self.id} {self.label!r}>"
+
+    @property
+    def mfa_enabled(self) -> bool:
+        return self.mfa_enabled_at is not None and self.totp_secret is not None
 
     @property
     def label(self) -> str:
@@ -199,12 +216,66 @@ class LoginSession(Base):
     user_agent: Mapped[str | None] = mapped_column(String(512))
     revoked_at: Mapped[dt.datetime | None]
     revoked_reason: Mapped[str | None] = mapped_column(String(64))
+    #: When the user last confirmed their password in this session (re-authentication).
+    reauthenticated_at: Mapped[dt.datetime | None]
+    #: The user's privileges changed: the next request gets a new session id.
+    rotate_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     user: Mapped[User] = relationship()
 
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+
+class OneTimeToken(Base):
+    """A single-use, expiring secret sent by mail (confirmation, reset, invitation, email
+    change). Only its SHA-256 is stored; ``purpose`` keeps one kind from serving another."""
+
+    __tablename__ = "aaa_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("aaa_users.id", ondelete="CASCADE"), index=True
+    )
+    #: The address the token was sent to (an invitation's, or the new one of an email change).
+    email: Mapped[str | None] = mapped_column(String(320))
+    #: The user's password state when issued: a reset token dies with any password change.
+    binding: Mapped[str | None] = mapped_column(String(64))
+    created_by: Mapped[int | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    used_at: Mapped[dt.datetime | None]
+
+
+class RememberToken(Base):
+    """A remember-me series: the cookie holds ``series:token``; the token rotates at every
+    use, so a stolen cookie used after its owner (or the owner after the thief) is caught."""
+
+    __tablename__ = "aaa_remember"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("aaa_users.id", ondelete="CASCADE"), index=True)
+    series: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[dt.datetime | None]
+    expires_at: Mapped[dt.datetime]
+    revoked_at: Mapped[dt.datetime | None]
+
+
+class RecoveryCode(Base):
+    """A two-factor recovery code: single use, stored as a keyed hash."""
+
+    __tablename__ = "aaa_recovery_codes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("aaa_users.id", ondelete="CASCADE"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    used_at: Mapped[dt.datetime | None]
 
 
 class AuthzState(Base):

@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session
 from ..config import Settings
 from ..db import utcnow
 from ..errors import AuthenticationFailed, Conflict, InvalidInput
-from ..models import AuditEvent, LoginSession, Role, User
-from . import audit, rbac, sessions
+from ..models import LoginSession, Role, User
+from . import audit, lockout, rbac, sessions
 from .actors import Actor, RequestFacts
 from .passwords import PasswordService
 
@@ -246,16 +246,17 @@ def authenticate(
     password: str,
     facts: RequestFacts,
 ) -> User:
-    """Check a login and password. On success update the login statistics (and upgrade a
-    legacy hash) in ``db`` and record ``auth.login.succeeded``; the caller commits. On
-    failure record ``auth.login.failed`` apart and raise :class:`AuthenticationFailed`,
-    identical for every cause."""
-    return _authenticate(
+    """Check a login and password (one step, no second factor, no session). On success
+    update the login statistics (and upgrade a legacy hash) in ``db`` and record
+    ``auth.login.succeeded``; the caller commits. On failure see :func:`verify_credentials`."""
+    user, upgraded = verify_credentials(
         db, settings=settings, passwords=passwords, login=login, password=password, facts=facts
-    )[0]
+    )
+    _succeed(db, user, facts=facts, details={"hash_upgraded": True} if upgraded else {})
+    return user
 
 
-def _authenticate(
+def verify_credentials(
     db: Session,
     *,
     settings: Settings,
@@ -263,38 +264,101 @@ def _authenticate(
     login: str,
     password: str,
     facts: RequestFacts,
-) -> tuple[User, AuditEvent]:
+) -> tuple[User, bool]:
+    """The password step of every sign-in path. Returns the user and whether a legacy hash
+    was upgraded (in ``db``, uncommitted); records nothing on success.
+
+    On failure (unknown login, wrong password, disabled, locked or unconfirmed account) it
+    records ``auth.login.failed`` with the reason, counts the failure towards a lockout,
+    commits that apart, and raises :class:`AuthenticationFailed`, identical for every cause.
+    The hasher runs exactly once whatever the cause, so time tells nothing either."""
     passwords.check_length(password)
     user = find_by_login(db, settings, login)
     ok, new_hash = passwords.verify(password, user.password_hash if user else None)
-    if user is None or not ok or not user.active:
-        reason = "unknown_login" if user is None else ("bad_password" if not ok else "disabled")
-        # The attempt is by an unknown party; the account, if any, is its target, so that
-        # its owner sees it among their own activity.
-        audit.record_apart(
-            db,
-            action="auth.login.failed",
-            actor=Actor.anonymous(),
-            outcome="failure",
-            facts=facts,
-            target=user,
-            details={"reason": reason},
-        )
+    reason = _refusal(settings, user, ok)
+    if reason is not None:
+        with audit.apart(db):
+            # The attempt is by an unknown party; the account, if any, is its target, so
+            # that its owner sees it among their own activity.
+            audit.record(
+                db,
+                action="auth.login.failed",
+                actor=Actor.anonymous(),
+                outcome="failure",
+                facts=facts,
+                target=user,
+                details={"reason": reason},
+            )
+            if user is not None and reason == "bad_password":
+                lockout.register_failure(db, user, settings=settings, facts=facts)
         raise AuthenticationFailed(reason)
+    user = assert_user(user)
     if new_hash is not None:
         user.password_hash = new_hash
+    lockout.clear(user)
+    return user, new_hash is not None
+
+
+def _refusal(settings: Settings, user: User | None, ok: bool) -> str | None:
+    if user is None:
+        return "unknown_login"
+    if not ok:
+        return "bad_password"
+    if not user.active:
+        return "disabled"
+    if lockout.is_locked(user):
+        return "locked"
+    if settings.confirm_email and user.email_confirmed_at is None:
+        return "unconfirmed"
+    return None
+
+
+def assert_user(user: User | None) -> User:
+    if user is None:  # unreachable after a refusal check, but says so to the type checker
+        raise AuthenticationFailed("unknown_login")
+    return user
+
+
+def _succeed(
+    db: Session,
+    user: User,
+    *,
+    facts: RequestFacts,
+    details: dict[str, object],
+    session: LoginSession | None = None,
+) -> None:
     user.last_login_at = utcnow()
     user.last_login_ip = facts.ip
     user.login_count = (user.login_count or 0) + 1
-    event_ = audit.record(
+    if session is not None:
+        facts = dataclasses.replace(facts, session_hash=session.token_hash)
+    audit.record(
         db,
         action="auth.login.succeeded",
         actor=Actor.of(user),
         target=user,
         facts=facts,
-        details={"hash_upgraded": True} if new_hash else {},
+        details=details,
     )
-    return user, event_
+
+
+def open_session(
+    db: Session,
+    user: User,
+    *,
+    settings: Settings,
+    facts: RequestFacts,
+    replaces: LoginSession | None = None,
+    details: dict[str, object] | None = None,
+) -> tuple[str, LoginSession]:
+    """Complete a sign-in whose every step passed: end ``replaces`` (the browser's previous
+    session, if any), open a new server session, update the statistics and record
+    ``auth.login.succeeded`` naming the new session. Returns the raw token and the record."""
+    if replaces is not None:
+        sessions.revoke(db, replaces, reason="replaced")
+    token, record = sessions.create(db, user, settings=settings, facts=facts)
+    _succeed(db, user, facts=facts, details=details or {}, session=record)
+    return token, record
 
 
 def sign_in(
@@ -307,16 +371,19 @@ def sign_in(
     facts: RequestFacts,
     replaces: LoginSession | None = None,
 ) -> tuple[User, str, LoginSession]:
-    """Authenticate and open a new server session (ending ``replaces``, the caller's
-    previous session, if any). Returns the user, the raw session token and its record; the
-    login event names the new session. The caller commits."""
-    user, event_ = _authenticate(
+    """Password sign-in for accounts without a second factor: :func:`verify_credentials`
+    then :func:`open_session`. The caller commits."""
+    user, upgraded = verify_credentials(
         db, settings=settings, passwords=passwords, login=login, password=password, facts=facts
     )
-    if replaces is not None:
-        sessions.revoke(db, replaces, reason="replaced")
-    token, record = sessions.create(db, user, settings=settings, facts=facts)
-    event_.session_hash = record.token_hash
+    token, record = open_session(
+        db,
+        user,
+        settings=settings,
+        facts=facts,
+        replaces=replaces,
+        details={"hash_upgraded": True} if upgraded else {},
+    )
     return user, token, record
 
 

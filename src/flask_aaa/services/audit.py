@@ -12,6 +12,7 @@ the chain or leave a gap. After the commit each event is mirrored as one JSON li
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -146,6 +147,23 @@ def _build(
     return event_
 
 
+@contextlib.contextmanager
+def apart(db: Session) -> Iterator[None]:
+    """A transaction of its own for a failed or denied attempt: roll back what the caller
+    had (the attempt failed, so nothing of it may be kept; on SQLite it may also hold the
+    write lock), run the block as a writer and commit. If that fails, fail closed: 503."""
+    db.rollback()
+    db.info.pop(_PENDING, None)
+    try:
+        with writing():
+            yield
+            db.commit()
+    except SQLAlchemyError as exc:
+        db.rollback()
+        _errors.error("audit trail unavailable; refusing the attempt (%s)", type(exc).__name__)
+        raise ServiceUnavailable("The audit trail is unavailable. Try again shortly.") from exc
+
+
 def record_apart(
     db: Session,
     *,
@@ -157,22 +175,11 @@ def record_apart(
     facts: RequestFacts | None = None,
     mirror: bool = True,
 ) -> None:
-    """Record a failed or denied attempt in a transaction of its own and commit it.
-
-    The caller's transaction is rolled back first: the attempt failed, so nothing of it may
-    be kept, and on SQLite the caller's transaction may hold the write lock this needs. If
-    the trail cannot be written, fail closed with a 503."""
+    """Record a failed or denied attempt in a transaction of its own (see :func:`apart`)."""
     # Read everything the event needs before the rollback expires the caller's objects.
     event_ = _build(action, actor, outcome, target, details, facts)
-    db.rollback()
-    try:
-        with writing():
-            _park(db, event_, mirror)
-            db.commit()
-    except SQLAlchemyError as exc:
-        db.rollback()
-        _errors.error("audit trail unavailable; refusing %s (%s)", action, type(exc).__name__)
-        raise ServiceUnavailable("The audit trail is unavailable. Try again shortly.") from exc
+    with apart(db):
+        _park(db, event_, mirror)
 
 
 def event_hash(fields: Mapping[str, Any]) -> str:

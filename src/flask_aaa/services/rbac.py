@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from ..models import AuthzState, Permission, Role, User, role_permissions, user_roles
-from . import audit
+from . import audit, sessions
 from .actors import Actor, RequestFacts
 
 #: Full administration. The last active holder of it can never lose it.
@@ -311,6 +311,7 @@ def grant_role(
     db.execute(insert(user_roles).values(user_id=user.id, role_id=role.id))
     db.expire(user, ["roles"])
     bump_version(db)
+    sessions.mark_for_rotation(db, user)
     audit.record(
         db,
         action="role.granted",
@@ -340,6 +341,7 @@ def revoke_role(
     )
     db.expire(user, ["roles"])
     bump_version(db)
+    sessions.mark_for_rotation(db, user)
     audit.record(
         db,
         action="role.revoked",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hmac
 import logging
 import secrets
 
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from ..config import Settings
 from ..db import utcnow, writing
-from ..models import AuthzState, LoginSession, User
+from ..models import AuthzState, LoginSession, RememberToken, User
 from .actors import RequestFacts, token_digest
 
 _log = logging.getLogger("flask_aaa")
@@ -114,7 +115,14 @@ def revoke(db: Session, record: LoginSession, *, reason: str) -> None:
 
 
 def revoke_all(db: Session, user: User, *, reason: str, keep: LoginSession | None = None) -> int:
-    """End every live session of ``user`` but ``keep``; return how many were ended."""
+    """End every live session of ``user`` but ``keep``, and every remember-me series;
+    return how many sessions were ended."""
+    db.execute(
+        update(RememberToken)
+        .where(RememberToken.user_id == user.id, RememberToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
     stmt = update(LoginSession).where(
         LoginSession.user_id == user.id, LoginSession.revoked_at.is_(None)
     )
@@ -149,3 +157,87 @@ def live_sessions(db: Session, user: User) -> list[LoginSession]:
             .order_by(LoginSession.last_seen_at.desc())
         )
     )
+
+
+# -- remember me --
+
+#: ``series:token`` in the cookie; the series names the row, the token proves possession.
+_REMEMBER_SEP = ":"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Remembered:
+    """The outcome of presenting a remember-me cookie."""
+
+    user: User | None
+    cookie: str | None  # the rotated cookie value to set; None means delete the cookie
+    theft: bool = False
+
+
+def issue_remember(db: Session, user: User, *, settings: Settings) -> str:
+    """Start a remember-me series for ``user``; return the cookie value (shown once)."""
+    series, token = secrets.token_urlsafe(18), secrets.token_urlsafe(TOKEN_BYTES)
+    db.add(
+        RememberToken(
+            user_id=user.id,
+            series=series,
+            token_hash=token_digest(token),
+            expires_at=utcnow() + dt.timedelta(days=settings.remember_days),
+        )
+    )
+    return f"{series}{_REMEMBER_SEP}{token}"
+
+
+def redeem_remember(db: Session, cookie: str, *, now: dt.datetime | None = None) -> Remembered:
+    """Check a remember-me cookie and rotate its token (in ``db``, uncommitted).
+
+    A known series presented with a wrong token means that someone used the cookie before
+    its owner did (or after, with a stale copy): the result has ``theft`` set and the
+    caller must end everything the user has (:func:`revoke_all`) and audit it."""
+    series, sep, token = cookie.partition(_REMEMBER_SEP)
+    if not sep or not series or not token or len(cookie) > 256:
+        return Remembered(None, None)
+    row = db.scalar(select(RememberToken).where(RememberToken.series == series))
+    now = now or utcnow()
+    if row is None or row.revoked_at is not None or row.expires_at <= now:
+        return Remembered(None, None)
+    user = db.get(User, row.user_id)
+    if user is None:
+        return Remembered(None, None)
+    if not hmac.compare_digest(row.token_hash, token_digest(token)):
+        row.revoked_at = now
+        return Remembered(user, None, theft=True)
+    fresh = secrets.token_urlsafe(TOKEN_BYTES)
+    row.token_hash = token_digest(fresh)
+    row.last_used_at = now
+    return Remembered(user, f"{series}{_REMEMBER_SEP}{fresh}")
+
+
+def forget_remember(db: Session, cookie: str) -> None:
+    """End the series a cookie names (at logout)."""
+    series = cookie.partition(_REMEMBER_SEP)[0]
+    if series:
+        db.execute(
+            update(RememberToken)
+            .where(RememberToken.series == series, RememberToken.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+
+
+# -- privilege changes and re-authentication --
+
+
+def mark_for_rotation(db: Session, user: User) -> None:
+    """The user's privileges changed: each live session gets a new id on its next request."""
+    db.execute(
+        update(LoginSession)
+        .where(LoginSession.user_id == user.id, LoginSession.revoked_at.is_(None))
+        .values(rotate_pending=True)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def is_fresh(record: LoginSession, *, settings: Settings, now: dt.datetime | None = None) -> bool:
+    """Did the user sign in or confirm their password within ``AAA_REAUTH_WINDOW``?"""
+    last = record.reauthenticated_at or record.created_at
+    return (now or utcnow()) - last <= dt.timedelta(seconds=settings.reauth_window)

@@ -13,7 +13,6 @@ from flask import (
     Blueprint,
     Response,
     flash,
-    g,
     jsonify,
     redirect,
     render_template,
@@ -22,11 +21,11 @@ from flask import (
     url_for,
 )
 from flask_limiter.util import get_remote_address
-from flask_login import login_user, logout_user
+from flask_login import logout_user
 from flask_wtf.csrf import generate_csrf
 
 from ..errors import AuthenticationFailed, InvalidInput, RegistrationClosed
-from ..models import LoginSession, User
+from ..models import LoginSession
 from ..services import accounts, audit, sessions
 from .context import (
     current_actor,
@@ -38,27 +37,16 @@ from .context import (
     state,
 )
 from .decorators import login_required, public
-from .forms import peek, read_fields
+from .forms import peek, read_fields, read_flag
 from .security import safe_next, wants_json
-
-
-def user_json(user: User) -> dict[str, Any]:
-    return {
-        "id": user.id,
-        "username": user.username,
-        "email": user.email,
-        "roles": sorted(user.grants.roles),
-        "permissions": sorted(user.grants.permissions),
-    }
-
-
-def establish(user: User, token: str, record: LoginSession) -> None:
-    """Bind a new server session to the browser with a fresh cookie session (and so a new
-    CSRF token): nothing an attacker planted before it survives."""
-    session.clear()
-    user._aaa_session_token = token
-    login_user(user, remember=False, fresh=True)
-    g._aaa_login_session = record
+from .signin import (
+    begin_pending,
+    delete_remember_cookie,
+    establish,
+    finish_login,
+    home,
+    remember_cookie_name,
+)
 
 
 class _Recently:
@@ -78,11 +66,6 @@ class _Recently:
             self._seen.clear()
         self._seen[key] = now
         return False
-
-
-def _home() -> str:
-    endpoint = state().settings.home_endpoint
-    return url_for(endpoint) if endpoint else "/"
 
 
 def _form_error(template: str, exc: InvalidInput, status: int = 400, **context: Any) -> Response:
@@ -154,7 +137,7 @@ def create_blueprint() -> Blueprint:
         nxt = safe_next(request.values.get("next") if not request.is_json else None)
         if request.method == "GET":
             if current_user.is_authenticated:
-                return redirect(nxt or _home())
+                return redirect(nxt or home())
             return render_template("aaa/login.html", next=nxt, errors={})
         try:
             fields = read_fields(["login", "password", "next"], required=["login", "password"])
@@ -162,16 +145,14 @@ def create_blueprint() -> Blueprint:
             return _form_error("aaa/login.html", exc, next=nxt)
         nxt = safe_next(fields.get("next")) or nxt
         db = db_session()
-        previous = login_session() if current_user.is_authenticated else None
         try:
-            user, token, record = accounts.sign_in(
+            user, upgraded = accounts.verify_credentials(
                 db,
                 settings=settings,
                 passwords=st.passwords,
                 login=fields["login"],
                 password=fields["password"],
                 facts=request_facts(),
-                replaces=previous,
             )
         except InvalidInput as exc:
             # Malformed or over-long input is refused before any account is looked up,
@@ -179,7 +160,8 @@ def create_blueprint() -> Blueprint:
             db.rollback()
             return _form_error("aaa/login.html", exc, next=nxt)
         except AuthenticationFailed as exc:
-            # One answer for unknown logins, wrong passwords and disabled accounts.
+            # One answer for unknown logins, wrong passwords, disabled, locked and
+            # unconfirmed accounts.
             if wants_json():
                 body = jsonify({"error": exc.code, "message": exc.message})
                 body.status_code = 401
@@ -188,11 +170,17 @@ def create_blueprint() -> Blueprint:
                 render_template("aaa/login.html", next=nxt, errors={"login": exc.message}),
                 status=401,
             )
-        establish(user, token, record)
-        db.commit()
-        if wants_json():
-            return jsonify({"user": user_json(user)})
-        return redirect(nxt or _home(), 303)
+        remember = read_flag("remember")
+        if user.mfa_enabled:
+            db.commit()  # keeps an upgraded hash and the cleared failure count
+            begin_pending(user, remember=remember, nxt=nxt)
+            verify_url = url_for("aaa_mfa.verify")
+            if wants_json():
+                return jsonify({"mfa_required": True, "verify_url": verify_url})
+            return redirect(verify_url, 303)
+        return finish_login(
+            user, remember=remember, nxt=nxt, details={"hash_upgraded": True} if upgraded else {}
+        )
 
     @bp.post("/logout")
     @login_required
@@ -202,12 +190,16 @@ def create_blueprint() -> Blueprint:
         db = db_session()
         if record is not None:
             accounts.logout(db, user=user, session=record, facts=request_facts())
+        remembered = request.cookies.get(remember_cookie_name())
+        if remembered:
+            sessions.forget_remember(db, remembered)
         db.commit()
         logout_user()
         session.clear()
         response = (
             jsonify({"ok": True}) if wants_json() else redirect(url_for("aaa_auth.login"), 303)
         )
+        delete_remember_cookie(response)
         response.headers["Clear-Site-Data"] = '"cache", "storage"'
         return response
 

@@ -25,8 +25,14 @@ _log = logging.getLogger("flask_aaa")
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-#: Endpoints of the library's own blueprints start with this.
-OWN_BLUEPRINTS = ("aaa_auth", "aaa_account", "aaa_admin")
+#: The library's own blueprints are named ``aaa_*``.
+OWN_PREFIX = "aaa_"
+
+
+def own_request() -> bool:
+    """Is this request for one of the library's own pages?"""
+    blueprint = request.blueprint or ""
+    return blueprint.startswith(OWN_PREFIX) and blueprint != "aaa_assets"
 
 
 def wants_json() -> bool:
@@ -93,7 +99,7 @@ def install(app: Flask, settings: Settings) -> None:
         if request.method not in SAFE_METHODS:
             g._aaa_write_token = set_write_intent(True)
         request_id()
-        if request.blueprint in OWN_BLUEPRINTS:
+        if own_request():
             request.max_content_length = settings.max_body_size
 
     # Runs first, before hooks the app registered earlier.
@@ -121,7 +127,7 @@ def install(app: Flask, settings: Settings) -> None:
         h.setdefault("Content-Security-Policy", settings.content_security_policy)
         if request.is_secure:
             h.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
-        if request.blueprint in OWN_BLUEPRINTS:
+        if own_request():
             # Pages with personal data: never stored by the browser or a proxy.
             h["Cache-Control"] = "no-store"
         return response
@@ -176,7 +182,7 @@ def install(app: Flask, settings: Settings) -> None:
         if status == 429:
             # Flask-Limiter adds Retry-After and the X-RateLimit-* headers after this.
             return error_response(429, "throttled", "Too many attempts. Try again later.")
-        if not wants_json() and request.blueprint not in OWN_BLUEPRINTS:
+        if not wants_json() and not own_request():
             return exc  # the app's own pages keep Flask's (or the app's) rendering
         code = {
             400: "bad_request",
