@@ -24,7 +24,7 @@ from . import migrations
 from .db import writing
 from .errors import AAAError, NotFound
 from .models import Role, User
-from .services import accounts, audit, rbac
+from .services import accounts, audit, lockout, rbac, sessions
 from .services.actors import Actor, RequestFacts
 from .web.context import state
 from .web.forms import parse_time
@@ -196,6 +196,26 @@ def enable(user: str) -> None:
     subject = _user(user)
     changed = accounts.set_active(_db(), actor=_actor(), user=subject, active=True, facts=_facts())
     click.echo(f"Enabled {subject.label}." if changed else f"{subject.label} was already enabled.")
+
+
+@aaa_cli.command("unlock")
+@click.argument("user")
+@transactional
+def unlock(user: str) -> None:
+    """Lift USER's lockout (and reset their count of failed passwords)."""
+    subject = _user(user)
+    changed = lockout.unlock(_db(), actor=_actor(), user=subject, facts=_facts())
+    click.echo(f"Unlocked {subject.label}." if changed else f"{subject.label} was not locked.")
+
+
+@aaa_cli.command("revoke-sessions")
+@click.argument("user")
+@transactional
+def revoke_sessions(user: str) -> None:
+    """Sign USER out everywhere (sessions and remember-me cookies)."""
+    subject = _user(user)
+    ended = sessions.revoke_all_by_admin(_db(), actor=_actor(), user=subject, facts=_facts())
+    click.echo(f"Signed {subject.label} out of {ended} session(s).")
 
 
 # -- roles and permissions --

@@ -131,3 +131,13 @@ class AuditIntegrityError(AAAError):
         super().__init__(f"audit chain broken at seq {seq}: {problem}")
         self.seq = seq
         self.problem = problem
+
+
+class ReauthenticationRequired(AAAError):
+    """A sensitive action needs a recent password confirmation (``AAA_REAUTH_WINDOW``)."""
+
+    code = "reauthentication_required"
+    status = 401
+
+    def __init__(self) -> None:
+        super().__init__("Please confirm your password to continue.")

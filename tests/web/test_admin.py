@@ -36,10 +36,14 @@ ADMIN_ENDPOINTS = {
     "aaa_admin.audit_trail": "aaa:audit:read",
     "aaa_admin.audit_export": "aaa:audit:read",
     "aaa_admin.audit_verify": "aaa:audit:read",
+    "aaa_admin.revoke_sessions": "aaa:users:write",
+    "aaa_admin.unlock": "aaa:users:write",
 }
 
 #: Fields that would make each POST endpoint change something if it were allowed.
 POST_FIELDS = {
+    "aaa_admin.revoke_sessions": {},
+    "aaa_admin.unlock": {},
     "aaa_admin.grant_role": {"role": "admin"},
     "aaa_admin.revoke_role": {"role": "editor"},
     "aaa_admin.set_active": {"active": "0"},
@@ -56,6 +60,8 @@ POST_ONLY_PATHS = [
     "/admin/roles/editor/permissions",
     "/admin/roles/editor/permissions/remove",
     "/admin/audit/verify",
+    "/admin/users/{id}/sessions/revoke",
+    "/admin/users/{id}/unlock",
 ]
 
 

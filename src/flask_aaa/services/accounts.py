@@ -387,6 +387,37 @@ def sign_in(
     return user, token, record
 
 
+def reauthenticate(
+    db: Session,
+    *,
+    settings: Settings,
+    passwords: PasswordService,
+    user: User,
+    password: str,
+    session: LoginSession,
+    facts: RequestFacts,
+) -> None:
+    """The signed-in user confirms their password before a sensitive action. Success marks
+    the session fresh (the caller then rotates its id); a wrong password is audited apart
+    and counts towards the lockout like any other."""
+    _for_field("password", passwords.check_length, password)
+    ok, _ = passwords.verify(password, user.password_hash)
+    if not ok:
+        with audit.apart(db):
+            audit.record(
+                db,
+                action="auth.reauth.failed",
+                actor=Actor.of(user),
+                outcome="failure",
+                target=user,
+                facts=facts,
+            )
+            lockout.register_failure(db, user, settings=settings, facts=facts)
+        raise InvalidInput({"password": "The password is not correct."})
+    session.reauthenticated_at = utcnow()
+    audit.record(db, action="auth.reauthenticated", actor=Actor.of(user), target=user, facts=facts)
+
+
 def logout(db: Session, *, user: User, session: LoginSession, facts: RequestFacts) -> None:
     sessions.revoke(db, session, reason="logout")
     audit.record(db, action="auth.logout", actor=Actor.of(user), target=user, facts=facts)

@@ -21,8 +21,10 @@ from sqlalchemy.orm import Session
 
 from ..config import Settings
 from ..db import utcnow, writing
+from ..errors import NotFound
 from ..models import AuthzState, LoginSession, RememberToken, User
-from .actors import RequestFacts, token_digest
+from . import audit
+from .actors import Actor, RequestFacts, token_digest
 
 _log = logging.getLogger("flask_aaa")
 
@@ -241,3 +243,70 @@ def is_fresh(record: LoginSession, *, settings: Settings, now: dt.datetime | Non
     """Did the user sign in or confirm their password within ``AAA_REAUTH_WINDOW``?"""
     last = record.reauthenticated_at or record.created_at
     return (now or utcnow()) - last <= dt.timedelta(seconds=settings.reauth_window)
+
+
+# -- the user's own view of their sessions --
+
+
+def revoke_own(
+    db: Session,
+    *,
+    user: User,
+    session_id: int,
+    current: LoginSession | None,
+    facts: RequestFacts,
+) -> LoginSession:
+    """End one of ``user``'s own live sessions (another device, or this one). Someone
+    else's session id is "not found", never "forbidden", so ids reveal nothing."""
+    record = db.get(LoginSession, session_id)
+    if record is None or record.user_id != user.id or record.revoked_at is not None:
+        raise NotFound("No such session.")
+    revoke(db, record, reason="revoked_by_user")
+    audit.record(
+        db,
+        action="session.revoked",
+        actor=Actor.of(user),
+        target=audit.Target("session", str(record.id), _device(record)),
+        facts=facts,
+        details={"current": current is not None and current.id == record.id},
+    )
+    return record
+
+
+def revoke_others(
+    db: Session, *, user: User, current: LoginSession | None, facts: RequestFacts
+) -> int:
+    """ "Sign out everywhere else": end every session of ``user`` but ``current``."""
+    ended = revoke_all(db, user, reason="revoked_by_user", keep=current)
+    audit.record(
+        db,
+        action="session.revoked_others",
+        actor=Actor.of(user),
+        target=user,
+        facts=facts,
+        details={"sessions_ended": ended},
+    )
+    return ended
+
+
+def revoke_all_by_admin(
+    db: Session, *, actor: Actor, user: User, facts: RequestFacts | None = None
+) -> int:
+    """An administrator (``aaa:users:write``) signs a user out everywhere."""
+    from . import rbac
+
+    rbac.check(db, actor, [rbac.MANAGE_USERS], facts=facts, target=user)
+    ended = revoke_all(db, user, reason="revoked_by_admin")
+    audit.record(
+        db,
+        action="session.revoked_all",
+        actor=actor,
+        target=user,
+        facts=facts,
+        details={"sessions_ended": ended},
+    )
+    return ended
+
+
+def _device(record: LoginSession) -> str:
+    return (record.user_agent or "unknown device")[:120]

@@ -1,16 +1,42 @@
-"""The signed-in user's own pages: "my activity" (their events only) and its download."""
+"""The signed-in user's own pages: "my activity" and its download, the list of their
+sessions (revoke one, or all others), and the password confirmation for sensitive actions."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, render_template, request, stream_with_context
+from flask import (
+    Blueprint,
+    Response,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
 
-from ..services import audit
-from .context import db_session, signed_in_user, state
+from ..errors import InvalidInput
+from ..models import LoginSession
+from ..services import accounts, audit, sessions
+from .context import db_session, login_session, request_facts, signed_in_user, state
 from .decorators import login_required
-from .forms import audit_filter, filter_args, parse_cursor
-from .security import wants_json
+from .forms import audit_filter, filter_args, parse_cursor, read_fields
+from .security import safe_next, wants_json
+from .signin import rotate_current
+
+
+def session_json(record: LoginSession, current: LoginSession | None) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "current": current is not None and record.id == current.id,
+        "ip": record.ip,
+        "user_agent": record.user_agent,
+        "created_at": record.created_at.isoformat(),
+        "last_seen_at": record.last_seen_at.isoformat(),
+        "expires_at": record.expires_at.isoformat(),
+    }
 
 
 def page_json(page: audit.Page) -> dict[str, Any]:
@@ -19,6 +45,10 @@ def page_json(page: audit.Page) -> dict[str, Any]:
 
 def create_blueprint() -> Blueprint:
     bp = Blueprint("aaa_account", __name__)
+    limiter = state().limiter
+
+    def user_key() -> str:
+        return f"user:{signed_in_user().id}"
 
     @bp.get("/activity")
     @login_required
@@ -38,6 +68,91 @@ def create_blueprint() -> Blueprint:
         return render_template(
             "aaa/activity.html", page=page, filters=filter_args(request.args), user=user
         )
+
+    @bp.get("/sessions")
+    @login_required
+    def session_list() -> Any:
+        """Where the user is signed in: device, address, when it started and was last used."""
+        user = signed_in_user()
+        current = login_session()
+        live = sessions.live_sessions(db_session(), user)
+        if wants_json():
+            return jsonify({"sessions": [session_json(r, current) for r in live]})
+        return render_template("aaa/sessions.html", sessions=live, current=current)
+
+    @bp.post("/sessions/<int:session_id>/revoke")
+    @login_required
+    def revoke_session(session_id: int) -> Any:
+        user = signed_in_user()
+        current = login_session()
+        db = db_session()
+        record = sessions.revoke_own(
+            db, user=user, session_id=session_id, current=current, facts=request_facts()
+        )
+        db.commit()
+        ended_current = current is not None and record.id == current.id
+        if wants_json():
+            return jsonify({"ok": True, "signed_out": ended_current})
+        if ended_current:
+            return redirect(url_for("aaa_auth.login"), 303)
+        flash("That session is signed out.", "success")
+        return redirect(url_for("aaa_account.session_list"), 303)
+
+    @bp.post("/sessions/revoke-others")
+    @login_required
+    def revoke_other_sessions() -> Any:
+        user = signed_in_user()
+        db = db_session()
+        ended = sessions.revoke_others(
+            db, user=user, current=login_session(), facts=request_facts()
+        )
+        db.commit()
+        if wants_json():
+            return jsonify({"ok": True, "sessions_ended": ended})
+        flash(f"Signed out everywhere else ({ended} session(s)).", "success")
+        return redirect(url_for("aaa_account.session_list"), 303)
+
+    @bp.route("/reauth", methods=["GET", "POST"])
+    @login_required
+    @limiter.limit(
+        lambda: state().settings.change_password_limit, methods=["POST"], key_func=user_key
+    )
+    def reauth() -> Any:
+        """Confirm the password before a sensitive action; the session gets a new id."""
+        nxt = safe_next(request.values.get("next") if not request.is_json else None)
+        if request.method == "GET":
+            return render_template("aaa/reauth.html", next=nxt, errors={})
+        user = signed_in_user()
+        record = login_session()
+        db = db_session()
+        try:
+            fields = read_fields(["password", "next"], required=["password"])
+            if record is None:
+                raise InvalidInput({"password": "Sign in again."})
+            accounts.reauthenticate(
+                db,
+                settings=state().settings,
+                passwords=state().passwords,
+                user=user,
+                password=fields["password"],
+                session=record,
+                facts=request_facts(),
+            )
+        except InvalidInput as exc:
+            db.rollback()
+            if wants_json():
+                body = jsonify({"error": exc.code, "message": exc.message, "fields": exc.errors})
+                body.status_code = 400
+                return body
+            return Response(
+                render_template("aaa/reauth.html", next=nxt, errors=exc.errors), status=400
+            )
+        db.commit()
+        rotate_current(reason="reauthenticated")
+        target = safe_next(fields.get("next")) or nxt or url_for("aaa_account.session_list")
+        if wants_json():
+            return jsonify({"ok": True})
+        return redirect(target, 303)
 
     @bp.get("/activity.jsonl")
     @login_required

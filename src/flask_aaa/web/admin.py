@@ -24,7 +24,7 @@ from sqlalchemy.orm import selectinload
 
 from ..errors import InvalidInput, NotFound
 from ..models import Role, User
-from ..services import accounts, audit, rbac, sessions
+from ..services import accounts, audit, lockout, rbac, sessions
 from .account import page_json
 from .context import current_actor, db_session, request_facts, state
 from .decorators import permissions_required
@@ -56,6 +56,12 @@ def _user_row(user: User) -> dict[str, Any]:
         "roles": [r.name for r in user.roles],
         "last_login_at": user.last_login_at.isoformat() if user.last_login_at else None,
         "login_count": user.login_count,
+        "locked_until": (
+            user.locked_until.isoformat()
+            if user.locked_until is not None and lockout.is_locked(user)
+            else None
+        ),
+        "mfa_enabled": user.mfa_enabled,
     }
 
 
@@ -96,7 +102,13 @@ def create_blueprint() -> Blueprint:
         live = sessions.live_sessions(db, user)
         if wants_json():
             return jsonify({"user": _user_row(user), "live_sessions": len(live)})
-        return render_template("aaa/admin_user.html", subject=user, roles=roles, live_sessions=live)
+        return render_template(
+            "aaa/admin_user.html",
+            subject=user,
+            roles=roles,
+            live_sessions=live,
+            locked=lockout.is_locked(user),
+        )
 
     @bp.post("/users/<int:user_id>/roles")
     @permissions_required(rbac.ASSIGN_ROLES)
@@ -150,6 +162,29 @@ def create_blueprint() -> Blueprint:
             message = f"{user.label} is enabled."
         else:
             message = f"{user.label} is disabled and signed out everywhere."
+        return _done(message, "aaa_admin.user_detail", user_id=user.id)
+
+    @bp.post("/users/<int:user_id>/sessions/revoke")
+    @permissions_required(rbac.MANAGE_USERS)
+    def revoke_sessions(user_id: int) -> Any:
+        user = _user(user_id)
+        ended = sessions.revoke_all_by_admin(
+            db_session(), actor=current_actor(), user=user, facts=request_facts()
+        )
+        return _done(
+            f"{user.label} is signed out everywhere ({ended} session(s)).",
+            "aaa_admin.user_detail",
+            user_id=user.id,
+        )
+
+    @bp.post("/users/<int:user_id>/unlock")
+    @permissions_required(rbac.MANAGE_USERS)
+    def unlock(user_id: int) -> Any:
+        user = _user(user_id)
+        changed = lockout.unlock(
+            db_session(), actor=current_actor(), user=user, facts=request_facts()
+        )
+        message = f"{user.label} is unlocked." if changed else f"{user.label} was not locked."
         return _done(message, "aaa_admin.user_detail", user_id=user.id)
 
     @bp.get("/roles")

@@ -14,9 +14,17 @@ from typing import Any, TypeVar, cast
 
 from flask import make_response
 
-from ..errors import AAAError, PermissionDenied, ServiceUnavailable
-from ..services import audit, rbac
-from .context import current_actor, current_user, db_session, request_facts, signed_in_user
+from ..errors import AAAError, PermissionDenied, ReauthenticationRequired, ServiceUnavailable
+from ..services import audit, rbac, sessions
+from .context import (
+    current_actor,
+    current_user,
+    db_session,
+    login_session,
+    request_facts,
+    signed_in_user,
+    state,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,6 +62,19 @@ def _signed_in() -> None:
 def login_required(view: F) -> F:
     """Only signed-in, active users may call the view."""
     return _requirement(_signed_in, "login")(view)
+
+
+def _fresh() -> None:
+    signed_in_user()
+    record = login_session()
+    if record is None or not sessions.is_fresh(record, settings=state().settings):
+        raise ReauthenticationRequired()
+
+
+def fresh_login_required(view: F) -> F:
+    """The user must have signed in or confirmed their password within
+    ``AAA_REAUTH_WINDOW`` (browsers are sent to confirm it, then back)."""
+    return _requirement(_fresh, "login")(view)
 
 
 def _flatten(names: Sequence[str | Sequence[str]]) -> list[str]:
@@ -179,6 +200,7 @@ def audited(action: str, *, target: Callable[..., object] | None = None) -> Call
 __all__ = [
     "audited",
     "current_user",
+    "fresh_login_required",
     "login_required",
     "permissions_accepted",
     "permissions_required",

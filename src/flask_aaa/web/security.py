@@ -15,7 +15,14 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from ..db import reset_write_intent, set_write_intent
-from ..errors import AAAError, InvalidInput, LoginRequired, ServiceUnavailable, Throttled
+from ..errors import (
+    AAAError,
+    InvalidInput,
+    LoginRequired,
+    ReauthenticationRequired,
+    ServiceUnavailable,
+    Throttled,
+)
 from .context import AnonymousUser, db_session, request_id
 
 if TYPE_CHECKING:
@@ -138,12 +145,13 @@ def install(app: Flask, settings: Settings) -> None:
         headers: dict[str, str] = {}
         if isinstance(exc, Throttled | ServiceUnavailable):
             headers["Retry-After"] = str(exc.retry_after)
-        if isinstance(exc, LoginRequired) and not wants_json():
+        if isinstance(exc, LoginRequired | ReauthenticationRequired) and not wants_json():
             from flask import redirect, url_for
 
             target = request.full_path if request.method in SAFE_METHODS else None
             nxt = safe_next(target.rstrip("?") if target else None)
-            return redirect(url_for("aaa_auth.login", next=nxt), 303)  # type: ignore[return-value]
+            endpoint = "aaa_auth.login" if isinstance(exc, LoginRequired) else "aaa_account.reauth"
+            return redirect(url_for(endpoint, next=nxt), 303)  # type: ignore[return-value]
         errors = exc.errors if isinstance(exc, InvalidInput) else None
         return error_response(exc.status, exc.code, exc.message, errors=errors, headers=headers)
 
