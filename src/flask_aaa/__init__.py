@@ -18,6 +18,7 @@ from .services.audit import Target as Target
 from .web.context import current_user as current_user
 from .web.context import record_event as record_event
 from .web.decorators import audited as audited
+from .web.decorators import fresh_login_required as fresh_login_required
 from .web.decorators import login_required as login_required
 from .web.decorators import permissions_accepted as permissions_accepted
 from .web.decorators import permissions_required as permissions_required
