@@ -141,3 +141,42 @@ class ReauthenticationRequired(AAAError):
 
     def __init__(self) -> None:
         super().__init__("Please confirm your password to continue.")
+
+
+class InvalidToken(AAAError):
+    """A link from a mail (confirmation, reset, invitation, email change) that is unknown,
+    already used, replaced by a newer one, meant for another purpose, or no longer bound to
+    the account's state. One message for every cause; ``reason`` is for the audit trail."""
+
+    code = "invalid_token"
+    status = 400
+
+    def __init__(
+        self,
+        reason: str = "unknown",
+        *,
+        user_id: int | None = None,
+        message: str = "This link is not valid.",
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.user_id = user_id
+
+
+class ExpiredToken(InvalidToken):
+    """A link from a mail that was valid but is past its lifetime."""
+
+    code = "expired_token"
+
+    def __init__(self, *, user_id: int | None = None) -> None:
+        super().__init__("expired", user_id=user_id, message="This link has expired.")
+
+
+class InvitationRequired(AAAError):
+    """Registration is by invitation only (``AAA_INVITE_ONLY``) and none was given."""
+
+    code = "invitation_required"
+    status = 403
+
+    def __init__(self) -> None:
+        super().__init__("Registration is by invitation only.")

@@ -24,7 +24,7 @@ from .errors import LoginRequired
 from .models import Base, User
 from .services import rbac, sessions
 from .services.passwords import PasswordService
-from .web import account, admin, auth, security, signin
+from .web import account, admin, auth, mail, mfa, recovery, security, signin
 from .web.context import AnonymousUser, current_user, state
 from .web.decorators import GUARD_ATTR
 
@@ -103,11 +103,15 @@ class AAA:
         )
         app.register_blueprint(assets)
         with app.app_context():
+            mail.init_app(app, settings)
             app.register_blueprint(auth.create_blueprint(), url_prefix=settings.auth_url_prefix)
+            app.register_blueprint(recovery.create_blueprint(), url_prefix=settings.auth_url_prefix)
             app.register_blueprint(
                 account.create_blueprint(), url_prefix=settings.account_url_prefix
             )
             app.register_blueprint(admin.create_blueprint(), url_prefix=settings.admin_url_prefix)
+            # Its routes carry the auth and account prefixes themselves.
+            app.register_blueprint(mfa.create_blueprint())
 
         @app.context_processor
         def _template_globals() -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -92,9 +93,69 @@ def test_demo_denies_by_default_and_registration_works(demo):
         "confirm": "kettle-orbit-saffron-7",
         "csrf_token": token,
     }
-    assert client.post("/auth/register", data=fields).status_code == 303
+    assert client.post("/auth/register", data=fields, buffered=True).status_code == 303
+    # The demo confirms addresses: the link is on the demo's /mail page.
+    confirm = follow_mailed_link(client, "erin@example.org", "/auth/confirm/")
+    assert confirm.headers["Location"] == "/auth/confirm"
+    token = form_token(client.get("/auth/confirm").get_data(as_text=True))
+    assert client.post("/auth/confirm", data={"csrf_token": token}).status_code == 303
     sign_in(client, "erin", "kettle-orbit-saffron-7")
     assert client.get("/notes").status_code == 403
+
+
+def follow_mailed_link(client, address, path):
+    """Find the newest mail to ``address`` on the /mail page and follow its link to ``path``."""
+    page = client.get("/mail")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert address in html
+    match = re.search(r'href="http://127\.0\.0\.1:5000(' + re.escape(path) + r'[^"]+)"', html)
+    assert match, html
+    response = client.get(match.group(1).replace("&amp;", "&"))
+    assert response.status_code == 303
+    return response
+
+
+def test_forgotten_password_through_the_mail_page(demo):
+    app, _ = demo
+    client = app.test_client()
+    assert "Forgot your password?" in client.get("/auth/login").get_data(as_text=True)
+    token = form_token(client.get("/auth/forgot").get_data(as_text=True))
+    response = client.post(
+        "/auth/forgot", data={"email": "bob@example.org", "csrf_token": token}, buffered=True
+    )
+    assert response.status_code == 303
+    follow_mailed_link(client, "bob@example.org", "/auth/reset/")
+    page = client.get("/auth/reset")
+    assert page.headers["Referrer-Policy"] == "no-referrer"
+    token = form_token(page.get_data(as_text=True))
+    new = "quartz-lantern-meadow-5"
+    response = client.post("/auth/reset", data={"password": new, "csrf_token": token})
+    assert response.status_code == 303
+    sign_in(app.test_client(), "bob", new)
+
+
+def test_the_admin_invites_and_the_guest_registers(demo):
+    app, passwords = demo
+    admin = app.test_client()
+    sign_in(admin, "admin", passwords["admin"])
+    assert "Invite someone" in admin.get("/").get_data(as_text=True)
+    token = form_token(admin.get("/auth/invite").get_data(as_text=True))
+    response = admin.post(
+        "/auth/invite", data={"email": "gus@example.org", "csrf_token": token}, buffered=True
+    )
+    assert response.status_code == 303
+    guest = app.test_client()
+    follow_mailed_link(guest, "gus@example.org", "/auth/register?invite=")
+    form = guest.get("/auth/register").get_data(as_text=True)
+    assert "gus@example.org" in form
+    fields = {
+        "username": "gus",
+        "password": "kettle-orbit-saffron-7",
+        "csrf_token": form_token(form),
+    }
+    assert guest.post("/auth/register", data=fields).status_code == 303
+    sign_in(guest, "gus", "kettle-orbit-saffron-7")
 
 
 def test_the_quick_start_entry_point_seeds_and_prints_how_to_sign_in(tmp_path):

@@ -8,7 +8,10 @@ the same database: ``flask --app flask_aaa.demo aaa list-users``.
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -77,6 +80,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         # The demo is served over plain HTTP on 127.0.0.1; a real deployment keeps the default
         # (Secure, __Host- cookies) behind HTTPS.
         AAA_SECURE_COOKIES=False,
+        # New accounts confirm their address, so every mail flow can be seen. The mail is not
+        # sent anywhere: it is written to files that the /mail page shows.
+        AAA_CONFIRM_EMAIL=True,
+        AAA_BASE_URL=os.environ.get("FLASK_AAA_DEMO_BASE_URL", "http://127.0.0.1:5000"),
+        AAA_MAIL_SENDER="notes@demo.invalid",
+        MAIL_BACKEND="file",
+        MAIL_FILE_PATH=str(folder / "mail"),
     )
     if os.environ.get("AAA_RATELIMIT_STORAGE_URI"):
         app.config["AAA_RATELIMIT_STORAGE_URI"] = os.environ["AAA_RATELIMIT_STORAGE_URI"]
@@ -86,6 +96,37 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     aaa.init_app(app)
     _register_views(app)
     return app
+
+
+#: Separator the file mail backend writes after each message.
+_MAIL_SEPARATOR = b"\n" + b"-" * 79 + b"\n"
+_LINK_RE = re.compile(r"https?://[^\s<>\"']+")
+
+
+def sent_mail(folder: Path, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest messages the file backend wrote to ``folder``, newest first."""
+    if not folder.is_dir():
+        return []
+    files = sorted(folder.glob("*.log"), key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
+    messages: list[dict[str, Any]] = []
+    for path in files:
+        parts = [part for part in path.read_bytes().split(_MAIL_SEPARATOR) if part.strip()]
+        for raw in reversed(parts):
+            message = email.message_from_bytes(raw, policy=email.policy.default)
+            body = message.get_body(preferencelist=("plain",))
+            text = body.get_content() if body is not None else ""
+            messages.append(
+                {
+                    "subject": str(message.get("Subject", "")),
+                    "to": str(message.get("To", "")),
+                    "date": str(message.get("Date", "")),
+                    "text": text,
+                    "links": list(dict.fromkeys(_LINK_RE.findall(text))),
+                }
+            )
+            if len(messages) >= limit:
+                return messages
+    return messages
 
 
 def _note(note_id: int) -> Note:
@@ -100,6 +141,14 @@ def _register_views(app: Flask) -> None:
     @public
     def index() -> str:
         return render_template("demo/index.html")
+
+    @app.get("/mail")
+    @public
+    def mail() -> str:
+        """The demo's outbox: every message it "sent", with its links (demo only: a real app
+        never shows anyone's mail)."""
+        folder = Path(app.config["MAIL_FILE_PATH"])
+        return render_template("demo/mail.html", messages=sent_mail(folder))
 
     @app.get("/notes")
     @permissions_required("notes:read")
@@ -123,7 +172,7 @@ def _register_views(app: Flask) -> None:
         flash(f"Saved note {note.title!r}.", "success")
         return redirect(url_for("notes"), 303)
 
-    @app.post("/notes/<int:note_id>/delete")
+    @app.post("/notes/<int(max=2147483647):note_id>/delete")
     @permissions_required("notes:delete")
     @audited("notes.deleted", target=lambda note_id: Target("note", str(note_id)))
     def delete_note(note_id: int) -> Any:

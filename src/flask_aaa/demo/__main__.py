@@ -6,8 +6,9 @@ import argparse
 import os
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from ..db import utcnow
 from ..migrations import upgrade
 from ..models import User
 from ..services import accounts, rbac
@@ -64,6 +65,7 @@ def seed() -> dict[str, str]:
                 roles=[roles[role]] if role else [],
                 facts=facts,
             )
+            user.email_confirmed_at = utcnow()  # the demo's own accounts need no confirming
             lines.append(f"{username}\t{password}\t{role or '(no role)'}")
             if username == "alice":
                 for title, body in NOTES:
@@ -71,6 +73,16 @@ def seed() -> dict[str, str]:
         session.commit()
         credentials_file.write_text("\n".join(lines) + "\n")
         credentials_file.chmod(0o600)
+    else:
+        # A demo database seeded before email confirmation was on: its seeded accounts
+        # must still be able to sign in.
+        db.session.execute(
+            update(User)
+            .where(User.username_key.in_([name for name, _ in USERS]))
+            .where(User.email_confirmed_at.is_(None))
+            .values(email_confirmed_at=utcnow())
+        )
+        db.session.commit()
     return dict(line.split("\t", 1) for line in credentials_file.read_text().splitlines() if line)
 
 
@@ -82,7 +94,10 @@ def main() -> None:
         "--setup-only", action="store_true", help="Create and seed the database, then exit."
     )
     args = parser.parse_args()
-    app = create_app()
+    # Links in the demo's mail point where the demo listens.
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host  # noqa: S104
+    base_url = os.environ.get("FLASK_AAA_DEMO_BASE_URL") or f"http://{host}:{args.port}"
+    app = create_app({"AAA_BASE_URL": base_url})
     with app.app_context():
         credentials = seed()
     folder = demo_dir()
@@ -91,7 +106,8 @@ def main() -> None:
     for username, rest in credentials.items():
         password, role = rest.split("\t")
         print(f"  {username:8} {password}   {role}")
-    print(f"\nData: {folder}  (delete the folder to start over)")
+    print(f"\nMail: {base_url}/mail  (the demo writes its mail to files instead of sending it)")
+    print(f"Data: {folder}  (delete the folder to start over)")
     print("CLI:  python3 run.py flask --app flask_aaa.demo aaa grant-role carol reader\n")
     if not args.setup_only:
         app.run(host=args.host, port=args.port, threaded=True)

@@ -102,8 +102,17 @@ def find_by_login(db: Session, settings: Settings, login: str) -> User | None:
 
 
 def _identifiers(
-    db: Session, settings: Settings, username: str | None, email: str | None
-) -> tuple[Identifier | None, Identifier | None]:
+    db: Session,
+    settings: Settings,
+    username: str | None,
+    email: str | None,
+    *,
+    hide_taken_email: bool = False,
+) -> tuple[Identifier | None, Identifier | None, User | None]:
+    """The normalized identifiers, or :class:`InvalidInput` naming each bad field.
+
+    With ``hide_taken_email`` a taken address is not an error: its owner is returned third,
+    and the caller answers as if the address were free (no enumeration of addresses)."""
     errors: dict[str, str] = {}
     uname = mail = None
     if settings.enable_username:
@@ -126,11 +135,12 @@ def _identifiers(
         raise InvalidInput(errors)
     if uname and db.scalar(select(User.id).where(User.username_key == uname.key)) is not None:
         errors["username"] = "This username is taken."
-    if mail and db.scalar(select(User.id).where(User.email_key == mail.key)) is not None:
+    owner = db.scalar(select(User).where(User.email_key == mail.key)) if mail else None
+    if owner is not None and not hide_taken_email:
         errors["email"] = "This email address cannot be used."
     if errors:
         raise InvalidInput(errors)
-    return uname, mail
+    return uname, mail, owner if hide_taken_email else None
 
 
 def _new_user(
@@ -141,19 +151,31 @@ def _new_user(
     username: str | None,
     email: str | None,
     password: str,
-) -> User:
+    hide_taken_email: bool = False,
+    email_confirmed: bool = False,
+) -> tuple[User | None, User | None]:
+    """Create the account (flushed, not committed): ``(user, None)``. With
+    ``hide_taken_email`` and an address that has an account: ``(None, owner)``, after the
+    same checks and the same hashing work as a real registration."""
     passwords.check_length(password)
-    uname, mail = _identifiers(db, settings, username, email)
+    uname, mail, owner = _identifiers(
+        db, settings, username, email, hide_taken_email=hide_taken_email
+    )
     password = passwords.check_policy(
         password, identifiers=[uname.display if uname else None, mail.display if mail else None]
     )
+    password_hash = passwords.hash(password)
+    if owner is not None:
+        return None, owner
+    now = utcnow()
     user = User(
         username=uname.display if uname else None,
         username_key=uname.key if uname else None,
         email=mail.display if mail else None,
         email_key=mail.key if mail else None,
-        password_hash=passwords.hash(password),
-        password_changed_at=utcnow(),
+        password_hash=password_hash,
+        password_changed_at=now,
+        email_confirmed_at=now if email_confirmed and mail else None,
         active=True,
     )
     try:
@@ -163,29 +185,22 @@ def _new_user(
             db.add(user)
             db.flush()
     except IntegrityError:
+        if hide_taken_email and mail is not None:
+            owner = db.scalar(select(User).where(User.email_key == mail.key))
+            if owner is not None:
+                return None, owner
         raise InvalidInput({"username": "This username or email address cannot be used."}) from None
+    return user, None
+
+
+def _created(user: User | None) -> User:
+    if user is None:  # only callers that hide a taken address get no user
+        raise InvalidInput({"email": "This email address cannot be used."})
     return user
 
 
-def register(
-    db: Session,
-    *,
-    settings: Settings,
-    passwords: PasswordService,
-    username: str | None,
-    email: str | None,
-    password: str,
-    facts: RequestFacts,
-) -> User:
-    """Self-service sign-up. Gives the configured default role; audited as the new user."""
-    user = _new_user(
-        db,
-        settings=settings,
-        passwords=passwords,
-        username=username,
-        email=email,
-        password=password,
-    )
+def _welcome(db: Session, *, settings: Settings, user: User, facts: RequestFacts) -> None:
+    """What every self-service sign-up gets: the default role and ``user.registered``."""
     if settings.default_role:
         role = db.scalar(select(Role).where(Role.name == settings.default_role))
         if role is None:
@@ -203,7 +218,61 @@ def register(
         facts=facts,
         details={"roles": [r.name for r in user.roles]},
     )
+
+
+def register(
+    db: Session,
+    *,
+    settings: Settings,
+    passwords: PasswordService,
+    username: str | None,
+    email: str | None,
+    password: str,
+    facts: RequestFacts,
+    email_confirmed: bool = False,
+) -> User:
+    """Self-service sign-up. Gives the configured default role; audited as the new user.
+    ``email_confirmed`` marks the address as confirmed (an invitation mailed to it)."""
+    user, _ = _new_user(
+        db,
+        settings=settings,
+        passwords=passwords,
+        username=username,
+        email=email,
+        password=password,
+        email_confirmed=email_confirmed,
+    )
+    user = _created(user)
+    _welcome(db, settings=settings, user=user, facts=facts)
     return user
+
+
+def register_quietly(
+    db: Session,
+    *,
+    settings: Settings,
+    passwords: PasswordService,
+    username: str | None,
+    email: str | None,
+    password: str,
+    facts: RequestFacts,
+) -> tuple[User | None, User | None]:
+    """Sign-up that does not tell whether the address has an account (with email
+    confirmation, A01): ``(new_user, None)``, or ``(None, owner)`` when the address belongs
+    to ``owner`` -- after the same checks and the same hashing work. Errors on the other
+    fields (a taken username, a weak password) are still raised."""
+    user, owner = _new_user(
+        db,
+        settings=settings,
+        passwords=passwords,
+        username=username,
+        email=email,
+        password=password,
+        hide_taken_email=True,
+    )
+    if user is not None:
+        _welcome(db, settings=settings, user=user, facts=facts)
+    return user, owner
 
 
 def create_user(
@@ -220,7 +289,7 @@ def create_user(
 ) -> User:
     """An administrator (or the CLI) creates an account, optionally with roles."""
     rbac.check(db, actor, [rbac.MANAGE_USERS], facts=facts)
-    user = _new_user(
+    user, _ = _new_user(
         db,
         settings=settings,
         passwords=passwords,
@@ -228,6 +297,7 @@ def create_user(
         email=email,
         password=password,
     )
+    user = _created(user)
     audit.record(db, action="user.created", actor=actor, target=user, facts=facts)
     for role in roles:
         rbac.grant_role(db, actor=actor, user=user, role=role, facts=facts)
@@ -350,13 +420,19 @@ def open_session(
     facts: RequestFacts,
     replaces: LoginSession | None = None,
     details: dict[str, object] | None = None,
+    password_checked: bool = True,
 ) -> tuple[str, LoginSession]:
     """Complete a sign-in whose every step passed: end ``replaces`` (the browser's previous
     session, if any), open a new server session, update the statistics and record
-    ``auth.login.succeeded`` naming the new session. Returns the raw token and the record."""
+    ``auth.login.succeeded`` naming the new session. Returns the raw token and the record.
+
+    ``password_checked`` is False for sign-ins without a password (remember-me): such a
+    session is not "fresh" for actions that need a recent password."""
     if replaces is not None:
         sessions.revoke(db, replaces, reason="replaced")
     token, record = sessions.create(db, user, settings=settings, facts=facts)
+    if password_checked:
+        record.reauthenticated_at = record.created_at
     _succeed(db, user, facts=facts, details=details or {}, session=record)
     return token, record
 
@@ -402,7 +478,8 @@ def reauthenticate(
     and counts towards the lockout like any other."""
     _for_field("password", passwords.check_length, password)
     ok, _ = passwords.verify(password, user.password_hash)
-    if not ok:
+    locked = lockout.is_locked(user)
+    if not ok or locked:
         with audit.apart(db):
             audit.record(
                 db,
@@ -411,8 +488,11 @@ def reauthenticate(
                 outcome="failure",
                 target=user,
                 facts=facts,
+                details={"reason": "locked" if ok else "bad_password"},
             )
-            lockout.register_failure(db, user, settings=settings, facts=facts)
+            if not ok:
+                lockout.register_failure(db, user, settings=settings, facts=facts)
+        # A locked account gets the wrong-password answer: guessing here gains nothing.
         raise InvalidInput({"password": "The password is not correct."})
     session.reauthenticated_at = utcnow()
     audit.record(db, action="auth.reauthenticated", actor=Actor.of(user), target=user, facts=facts)

@@ -240,8 +240,11 @@ def mark_for_rotation(db: Session, user: User) -> None:
 
 
 def is_fresh(record: LoginSession, *, settings: Settings, now: dt.datetime | None = None) -> bool:
-    """Did the user sign in or confirm their password within ``AAA_REAUTH_WINDOW``?"""
-    last = record.reauthenticated_at or record.created_at
+    """Did the user type their password (at sign-in or to confirm it) within
+    ``AAA_REAUTH_WINDOW``? A session restored by remember-me never was."""
+    last = record.reauthenticated_at
+    if last is None:
+        return False
     return (now or utcnow()) - last <= dt.timedelta(seconds=settings.reauth_window)
 
 

@@ -80,7 +80,7 @@ def create_blueprint() -> Blueprint:
             return jsonify({"sessions": [session_json(r, current) for r in live]})
         return render_template("aaa/sessions.html", sessions=live, current=current)
 
-    @bp.post("/sessions/<int:session_id>/revoke")
+    @bp.post("/sessions/<int(max=2147483647):session_id>/revoke")
     @login_required
     def revoke_session(session_id: int) -> Any:
         user = signed_in_user()

@@ -93,7 +93,7 @@ def create_blueprint() -> Blueprint:
             "aaa/admin_users.html", users=rows, next_after=next_after, total=total
         )
 
-    @bp.get("/users/<int:user_id>")
+    @bp.get("/users/<int(max=2147483647):user_id>")
     @permissions_required(rbac.READ_USERS)
     def user_detail(user_id: int) -> Any:
         db = db_session()
@@ -110,7 +110,7 @@ def create_blueprint() -> Blueprint:
             locked=lockout.is_locked(user),
         )
 
-    @bp.post("/users/<int:user_id>/roles")
+    @bp.post("/users/<int(max=2147483647):user_id>/roles")
     @permissions_required(rbac.ASSIGN_ROLES)
     def grant_role(user_id: int) -> Any:
         db = db_session()
@@ -126,7 +126,7 @@ def create_blueprint() -> Blueprint:
         )
         return _done(message, "aaa_admin.user_detail", user_id=user.id)
 
-    @bp.post("/users/<int:user_id>/roles/revoke")
+    @bp.post("/users/<int(max=2147483647):user_id>/roles/revoke")
     @permissions_required(rbac.ASSIGN_ROLES)
     def revoke_role(user_id: int) -> Any:
         db = db_session()
@@ -142,7 +142,7 @@ def create_blueprint() -> Blueprint:
         )
         return _done(message, "aaa_admin.user_detail", user_id=user.id)
 
-    @bp.post("/users/<int:user_id>/active")
+    @bp.post("/users/<int(max=2147483647):user_id>/active")
     @permissions_required(rbac.MANAGE_USERS)
     def set_active(user_id: int) -> Any:
         user = _user(user_id)
@@ -164,7 +164,7 @@ def create_blueprint() -> Blueprint:
             message = f"{user.label} is disabled and signed out everywhere."
         return _done(message, "aaa_admin.user_detail", user_id=user.id)
 
-    @bp.post("/users/<int:user_id>/sessions/revoke")
+    @bp.post("/users/<int(max=2147483647):user_id>/sessions/revoke")
     @permissions_required(rbac.MANAGE_USERS)
     def revoke_sessions(user_id: int) -> Any:
         user = _user(user_id)
@@ -177,7 +177,7 @@ def create_blueprint() -> Blueprint:
             user_id=user.id,
         )
 
-    @bp.post("/users/<int:user_id>/unlock")
+    @bp.post("/users/<int(max=2147483647):user_id>/unlock")
     @permissions_required(rbac.MANAGE_USERS)
     def unlock(user_id: int) -> Any:
         user = _user(user_id)

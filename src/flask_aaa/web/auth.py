@@ -24,9 +24,16 @@ from flask_limiter.util import get_remote_address
 from flask_login import logout_user
 from flask_wtf.csrf import generate_csrf
 
-from ..errors import AuthenticationFailed, InvalidInput, RegistrationClosed
+from ..errors import (
+    AuthenticationFailed,
+    InvalidInput,
+    InvalidToken,
+    RegistrationClosed,
+)
 from ..models import LoginSession
-from ..services import accounts, audit, sessions
+from ..services import accounts, audit, recovery, sessions
+from . import mail
+from . import recovery as recovery_web
 from .context import (
     current_actor,
     current_user,
@@ -208,32 +215,53 @@ def create_blueprint() -> Blueprint:
     @limiter.limit(
         lambda: settings.register_limit_per_ip, methods=["POST"], key_func=get_remote_address
     )
+    @recovery_web.mail_limits(
+        settings, per_ip=False, exempt_when=lambda: not settings.confirm_email
+    )
     def register() -> Any:
+        """Self-service registration. With ``AAA_CONFIRM_EMAIL`` the answer is "check your
+        email" whether or not the address has an account (A01); with an invitation
+        (``?invite=...``) the invited address is used; ``AAA_INVITE_ONLY`` requires one."""
         if not settings.enable_registration:
             raise RegistrationClosed()
         if request.method == "GET":
-            return render_template("aaa/register.html", errors={}, values={})
+            return recovery_web.registration_page(settings)
+        invitation = recovery_web.invitation_token()
         values: dict[str, str] = {}
+        db = db_session()
         try:
             fields = read_fields(
-                ["username", "email", "password", "confirm"], required=["password"]
+                ["username", "email", "password", "confirm", "invite"], required=["password"]
             )
             values = {k: v for k, v in fields.items() if k in ("username", "email")}
+            if mail.flows().invite:
+                invitation = fields.get("invite") or invitation
             if "confirm" in fields and fields["confirm"] != fields["password"]:
                 raise InvalidInput({"confirm": "The passwords do not match."})
-            user = accounts.register(
-                db_session(),
+            result = recovery.register(
+                db,
                 settings=settings,
                 passwords=st.passwords,
                 username=fields.get("username"),
                 email=fields.get("email"),
                 password=fields["password"],
                 facts=request_facts(),
+                invitation=invitation,
             )
+        except InvalidToken as exc:
+            recovery_web.drop(recovery_web.INVITE_KEY)
+            return recovery_web.token_error(exc, "aaa/register.html", values=values)
         except InvalidInput as exc:
-            db_session().rollback()
-            return _form_error("aaa/register.html", exc, values=values)
-        db_session().commit()
+            db.rollback()
+            invited = recovery_web.invited_address(invitation)
+            return _form_error("aaa/register.html", exc, values=values, invited=invited)
+        db.commit()
+        recovery_web.drop(recovery_web.INVITE_KEY)
+        recovery_web.send(result.mail)
+        if result.must_confirm:
+            # The same answer whether the address was new or already had an account.
+            return recovery_web.accepted(recovery_web.CHECK_EMAIL)
+        user = accounts.assert_user(result.user)  # only a hidden address has none
         if wants_json():
             response = jsonify(
                 {"user": {"id": user.id, "username": user.username, "email": user.email}}

@@ -145,46 +145,33 @@ def audited(action: str, *, target: Callable[..., object] | None = None) -> Call
             facts = request_facts()
             actor = current_actor()
             audit.record(db, action=action, actor=actor, target=tgt, facts=facts)
+
+            def failed(details: dict[str, object]) -> None:
+                # The view's changes (and the pending success event) are rolled back by
+                # record_apart; the failure is recorded in a transaction of its own.
+                audit.record_apart(
+                    db,
+                    action=action,
+                    actor=actor,
+                    outcome="failure",
+                    target=tgt,
+                    facts=facts,
+                    details=details,
+                )
+
             try:
                 response = make_response(view(*args, **kwargs))
             except (PermissionDenied, ServiceUnavailable):
                 db.rollback()  # a denial is audited where it is raised; a 503 cannot be
                 raise
             except AAAError as exc:
-                db.rollback()
-                audit.record_apart(
-                    db,
-                    action=action,
-                    actor=actor,
-                    outcome="failure",
-                    target=tgt,
-                    facts=facts,
-                    details={"error": exc.code},
-                )
+                failed({"error": exc.code})
                 raise
             except Exception as exc:
-                db.rollback()
-                audit.record_apart(
-                    db,
-                    action=action,
-                    actor=actor,
-                    outcome="failure",
-                    target=tgt,
-                    facts=facts,
-                    details={"error": type(exc).__name__},
-                )
+                failed({"error": type(exc).__name__})
                 raise
             if response.status_code >= 400:
-                db.rollback()
-                audit.record_apart(
-                    db,
-                    action=action,
-                    actor=actor,
-                    outcome="failure",
-                    target=tgt,
-                    facts=facts,
-                    details={"status": response.status_code},
-                )
+                failed({"status": response.status_code})
             else:
                 db.commit()
             return response

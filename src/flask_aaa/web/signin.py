@@ -205,7 +205,12 @@ def restore_from_remember() -> None:
             g._aaa_remember_cookie = None
             return
         token, record = accounts.open_session(
-            db, user, settings=st.settings, facts=facts, details={"method": "remember_me"}
+            db,
+            user,
+            settings=st.settings,
+            facts=facts,
+            details={"method": "remember_me"},
+            password_checked=False,
         )
         record_grants(user, record)
         establish(user, token, record)

@@ -1,0 +1,169 @@
+"""Mail: Flask-Mailman set up for the library, links from the canonical URL, and sending
+after the response.
+
+``send(template, to, **context)`` queues a mail during a request. Once the response has been
+sent to the client (``response.call_on_close``, which every WSGI server calls after the last
+byte), the mail is rendered from ``aaa/mail/<template>.subject.txt``, ``.txt`` and ``.html``
+-- ordinary Jinja templates an app overrides by shipping its own -- and handed to
+Flask-Mailman. So a request about an address that has an account answers in the same time as
+one about an address that has none: the slow part, talking to the mail server, happens after.
+A response with an error status sends nothing.
+
+Links are ``AAA_BASE_URL`` + the endpoint's path, never derived from the request (``Host``,
+``X-Forwarded-Host``, ``SCRIPT_NAME``): a forged header cannot send a victim a link to another
+site (A20).
+
+Backends (Flask-Mailman's ``MAIL_BACKEND``): ``locmem`` by default under ``TESTING`` (the
+messages collect in ``app.extensions["mailman"].outbox``), otherwise ``smtp`` (``MAIL_SERVER``,
+``MAIL_PORT``, ``MAIL_USE_TLS``, ...), or whatever the app sets: ``console``, ``file``, a
+custom class. With Flask's test client, read the outbox after the response is closed:
+pass ``buffered=True`` or call ``response.close()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Any, cast
+
+from flask import Flask, current_app, g, render_template
+from flask import Response as FlaskResponse
+from flask_mailman import EmailMultiAlternatives, Mail  # type: ignore[import-untyped]
+
+from ..config import Settings
+from ..errors import ConfigurationError
+from .context import state
+
+_log = logging.getLogger("flask_aaa")
+
+#: ``app.extensions`` key of the :class:`MailFlows` of an app.
+EXTENSION_KEY = "aaa_mail"
+_QUEUE = "_aaa_mail_queue"
+
+#: Canonical URL used in debug and testing when ``AAA_BASE_URL`` is not set.
+DEV_BASE_URL = "http://localhost"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MailFlows:
+    """Which mail-based flows an app offers (templates see it as ``aaa_mail``).
+
+    Every flow needs to mail a link, and so a canonical URL: without ``AAA_BASE_URL``
+    (outside debug and testing) password reset, invitations and email change are off.
+    Invitations lead to the registration page, so they also need ``AAA_ENABLE_REGISTRATION``."""
+
+    base_url: str | None
+    confirm: bool
+    reset: bool
+    invite: bool
+    email_change: bool
+
+    @property
+    def any(self) -> bool:
+        return self.confirm or self.reset or self.invite or self.email_change
+
+
+def flows_for(settings: Settings, *, debug: bool, testing: bool) -> MailFlows:
+    """Decide the flows at start-up; raise :class:`ConfigurationError` when a setting that
+    cannot work without mail (``AAA_CONFIRM_EMAIL``, ``AAA_INVITE_ONLY``) lacks a
+    canonical URL."""
+    base_url = settings.base_url or (DEV_BASE_URL if debug or testing else None)
+    if base_url is None and (settings.confirm_email or settings.invite_only):
+        raise ConfigurationError(
+            "AAA_CONFIRM_EMAIL and AAA_INVITE_ONLY mail links: set AAA_BASE_URL to the "
+            "app's canonical external URL (https://example.org); links are never built "
+            "from the request's Host header"
+        )
+    by_mail = base_url is not None and settings.enable_email
+    if settings.enable_email and base_url is None:
+        _log.warning(
+            "AAA_BASE_URL is not set: password reset, invitations and change of email "
+            "address by mail are off"
+        )
+    return MailFlows(
+        base_url=base_url,
+        confirm=settings.confirm_email,
+        reset=by_mail,
+        invite=by_mail and settings.enable_registration,
+        email_change=by_mail,
+    )
+
+
+def init_app(app: Flask, settings: Settings) -> MailFlows:
+    """Set up Flask-Mailman (unless the app already did) and the after-response sending."""
+    flows = flows_for(settings, debug=app.debug, testing=app.testing)
+    if "mailman" not in app.extensions:
+        if app.testing and not app.config.get("MAIL_BACKEND"):
+            app.config["MAIL_BACKEND"] = "locmem"
+        Mail().init_app(app)
+    app.extensions[EXTENSION_KEY] = flows
+    app.after_request(_send_after_response)
+
+    @app.context_processor
+    def _mail_globals() -> dict[str, Any]:
+        return {"aaa_mail": flows}
+
+    return flows
+
+
+def flows() -> MailFlows:
+    """The mail flows of the current app."""
+    return cast("MailFlows", current_app.extensions[EXTENSION_KEY])
+
+
+def link(endpoint: str, **values: Any) -> str:
+    """``AAA_BASE_URL`` + the endpoint's path. The path comes from the URL map alone, not
+    from the request, so no header can change where the link points."""
+    base = flows().base_url
+    if base is None:
+        raise ConfigurationError("mail links need AAA_BASE_URL")
+    path = current_app.url_map.bind("localhost").build(endpoint, values, force_external=False)
+    return base + path
+
+
+def send(template: str, to: str, **context: Any) -> None:
+    """Queue a mail for after the response. ``context`` goes to the templates (with
+    ``aaa_settings``); only this request's successful response sends it."""
+    queue: list[tuple[str, str, dict[str, Any]]] = g.setdefault(_QUEUE, [])
+    queue.append((template, to, context))
+
+
+def _send_after_response(response: FlaskResponse) -> FlaskResponse:
+    queued: list[tuple[str, str, dict[str, Any]]] | None = g.pop(_QUEUE, None)
+    if not queued:
+        return response
+    if response.status_code >= 400:
+        _log.warning("%d queued mail(s) dropped: the response failed", len(queued))
+        return response
+    app = cast("Flask", current_app._get_current_object())  # type: ignore[attr-defined]
+    sender = state().settings.mail_sender
+    response.call_on_close(lambda: deliver(app, sender, queued))
+    return response
+
+
+def render(template: str, context: Mapping[str, Any]) -> tuple[str, str, str]:
+    """The subject (one line), text and HTML of ``aaa/mail/<template>``."""
+    subject = render_template(f"aaa/mail/{template}.subject.txt", **context)
+    subject = " ".join(subject.split())  # one line, whatever the template holds
+    text = render_template(f"aaa/mail/{template}.txt", **context)
+    html = render_template(f"aaa/mail/{template}.html", **context)
+    return subject, text, html
+
+
+def deliver(app: Flask, sender: str, queued: list[tuple[str, str, dict[str, Any]]]) -> int:
+    """Render and send queued mail (after the response). A failure is logged, never
+    raised: the client has its answer already. Returns how many were sent."""
+    with app.app_context():
+        try:
+            messages = []
+            for template, to, context in queued:
+                subject, text, html = render(template, context)
+                message = EmailMultiAlternatives(subject, text, sender, [to])
+                message.attach_alternative(html, "text/html")
+                messages.append(message)
+            connection = app.extensions["mailman"].get_connection()
+            return int(connection.send_messages(messages) or 0)
+        except Exception as exc:  # the response is gone: log and carry on
+            _log.error("could not send %d mail(s) (%s)", len(queued), type(exc).__name__)
+            return 0
