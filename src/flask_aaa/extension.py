@@ -71,7 +71,7 @@ class AAA:
             storage_uri=settings.ratelimit_storage_uri,
             storage_options=_storage_options(settings.ratelimit_storage_uri),
             in_memory_fallback_enabled=True,
-            headers_enabled=True,
+            headers_enabled=False,  # see web/security.py: only 429s say when to retry
             key_prefix="aaa",
             strategy="moving-window",
         )

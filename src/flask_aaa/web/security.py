@@ -5,6 +5,7 @@ safe redirects, and every error turned into an HTML page or a JSON body.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -23,7 +24,7 @@ from ..errors import (
     ServiceUnavailable,
     Throttled,
 )
-from .context import AnonymousUser, db_session, request_id
+from .context import AnonymousUser, db_session, request_id, state
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -137,6 +138,7 @@ def install(app: Flask, settings: Settings) -> None:
         if own_request():
             # Pages with personal data: never stored by the browser or a proxy.
             h["Cache-Control"] = "no-store"
+
         return response
 
     @app.errorhandler(AAAError)
@@ -188,8 +190,17 @@ def install(app: Flask, settings: Settings) -> None:
     def on_http_error(exc: HTTPException) -> Response | HTTPException:
         status = exc.code or 500
         if status == 429:
-            # Flask-Limiter adds Retry-After and the X-RateLimit-* headers after this.
-            return error_response(429, "throttled", "Too many attempts. Try again later.")
+            # Only a refused request learns when to retry. Remaining-budget headers on every
+            # answer (Flask-Limiter's X-RateLimit-*) would tell an attacker which names share
+            # an account, so they are off.
+            limit = state().limiter.current_limit
+            retry = max(1, int(limit.reset_at - time.time()) + 1) if limit is not None else 60
+            return error_response(
+                429,
+                "throttled",
+                "Too many attempts. Try again later.",
+                headers={"Retry-After": str(retry)},
+            )
         if not wants_json() and not own_request():
             return exc  # the app's own pages keep Flask's (or the app's) rendering
         code = {

@@ -63,7 +63,13 @@ def home() -> str:
 
 def begin_pending(user: User, *, remember: bool, nxt: str | None) -> None:
     """The password was right and a second factor is due: remember that, briefly, in a
-    fresh cookie session (a new CSRF token too)."""
+    fresh cookie session (a new CSRF token too). A session this browser already had ends
+    now: the cookie that named it is about to be replaced."""
+    previous = login_session() if current_user.is_authenticated else None
+    if previous is not None:
+        db = db_session()
+        sessions.revoke(db, previous, reason="replaced")
+        db.commit()
     session.clear()
     session[PENDING_KEY] = {
         "uid": user.id,
