@@ -24,7 +24,7 @@ from . import migrations
 from .db import writing
 from .errors import AAAError, NotFound
 from .models import Role, User
-from .services import accounts, audit, lockout, rbac, sessions
+from .services import accounts, audit, lockout, mfa, rbac, sessions
 from .services.actors import Actor, RequestFacts
 from .web.context import state
 from .web.forms import parse_time
@@ -206,6 +206,20 @@ def unlock(user: str) -> None:
     subject = _user(user)
     changed = lockout.unlock(_db(), actor=_actor(), user=subject, facts=_facts())
     click.echo(f"Unlocked {subject.label}." if changed else f"{subject.label} was not locked.")
+
+
+@aaa_cli.command("reset-2fa")
+@click.argument("user")
+@transactional
+def reset_2fa(user: str) -> None:
+    """Turn USER's two-factor authentication off (lost device) and sign them out everywhere."""
+    subject = _user(user)
+    changed = mfa.reset_by_admin(_db(), actor=_actor(), user=subject, facts=_facts())
+    click.echo(
+        f"Two-factor authentication of {subject.label} is off."
+        if changed
+        else f"{subject.label} had no two-factor authentication."
+    )
 
 
 @aaa_cli.command("revoke-sessions")

@@ -38,12 +38,14 @@ ADMIN_ENDPOINTS = {
     "aaa_admin.audit_verify": "aaa:audit:read",
     "aaa_admin.revoke_sessions": "aaa:users:write",
     "aaa_admin.unlock": "aaa:users:write",
+    "aaa_admin.reset_mfa": "aaa:users:write",
 }
 
 #: Fields that would make each POST endpoint change something if it were allowed.
 POST_FIELDS = {
     "aaa_admin.revoke_sessions": {},
     "aaa_admin.unlock": {},
+    "aaa_admin.reset_mfa": {},
     "aaa_admin.grant_role": {"role": "admin"},
     "aaa_admin.revoke_role": {"role": "editor"},
     "aaa_admin.set_active": {"active": "0"},
@@ -62,6 +64,7 @@ POST_ONLY_PATHS = [
     "/admin/audit/verify",
     "/admin/users/{id}/sessions/revoke",
     "/admin/users/{id}/unlock",
+    "/admin/users/{id}/mfa/reset",
 ]
 
 

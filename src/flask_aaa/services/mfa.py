@@ -30,7 +30,7 @@ from ..config import Settings
 from ..db import utcnow
 from ..errors import Conflict, InvalidInput, ServiceUnavailable, Throttled
 from ..models import AuditEvent, RecoveryCode, User
-from . import audit, lockout
+from . import audit, lockout, rbac, sessions
 from .actors import Actor, RequestFacts
 from .otp import (
     TOTP,
@@ -450,6 +450,35 @@ def disable(
         target=user,
         facts=facts,
     )
+
+
+def reset_by_admin(
+    db: Session, *, actor: Actor, user: User, facts: RequestFacts | None = None
+) -> bool:
+    """An administrator turns a user's TOTP off (lost phone and recovery codes). Needs
+    ``aaa:users:write`` and every permission the user holds (no delegation beyond one's own
+    rights); ends all of the user's sessions, who then signs in with the password and, if a
+    role requires it, enrols again. False if 2FA was off."""
+    rbac.check(db, actor, [rbac.MANAGE_USERS], facts=facts, target=user)
+    rbac.require_holds_all(
+        db, actor, rbac.load_grants(db, user.id).permissions, facts, "reset 2FA of", user
+    )
+    if not user.mfa_enabled:
+        return False
+    user.totp_secret = None
+    user.totp_last_step = None
+    user.mfa_enabled_at = None
+    db.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+    ended = sessions.revoke_all(db, user, reason="mfa_reset")
+    audit.record(
+        db,
+        action="mfa.reset",
+        actor=actor,
+        target=user,
+        facts=facts,
+        details={"sessions_ended": ended},
+    )
+    return True
 
 
 def _lock(db: Session, user: User) -> None:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import selectinload
 
 from ..errors import InvalidInput, NotFound
 from ..models import Role, User
-from ..services import accounts, audit, lockout, rbac, sessions
+from ..services import accounts, audit, lockout, mfa, rbac, sessions
 from .account import page_json
 from .context import current_actor, db_session, request_facts, state
 from .decorators import permissions_required
@@ -185,6 +185,20 @@ def create_blueprint() -> Blueprint:
             db_session(), actor=current_actor(), user=user, facts=request_facts()
         )
         message = f"{user.label} is unlocked." if changed else f"{user.label} was not locked."
+        return _done(message, "aaa_admin.user_detail", user_id=user.id)
+
+    @bp.post("/users/<int(max=2147483647):user_id>/mfa/reset")
+    @permissions_required(rbac.MANAGE_USERS)
+    def reset_mfa(user_id: int) -> Any:
+        user = _user(user_id)
+        changed = mfa.reset_by_admin(
+            db_session(), actor=current_actor(), user=user, facts=request_facts()
+        )
+        message = (
+            f"Two-factor authentication of {user.label} is off; they are signed out everywhere."
+            if changed
+            else f"{user.label} had no two-factor authentication."
+        )
         return _done(message, "aaa_admin.user_detail", user_id=user.id)
 
     @bp.get("/roles")
