@@ -468,7 +468,12 @@ def test_A22_reset_of_a_two_factor_user_signs_nobody_in(app, client, make_user, 
     assert response.headers["Location"] == "/auth/login"
     assert not signed_in(client)
     assert fresh(db).scalar(select(func.count()).select_from(LoginSession)) == 0
-    assert user_named(db, "alice").mfa_enabled  # still required at the next sign-in
+    assert user_named(db, "alice").mfa_enabled
+    # The new password is only the first step: the second factor is still asked for.
+    step = post_json(app.test_client(), "/auth/login", {"login": "alice", "password": NEW_PASSWORD})
+    assert step.status_code == 200
+    assert step.get_json()["mfa_required"] is True
+    assert fresh(db).scalar(select(func.count()).select_from(LoginSession)) == 0
 
 
 def test_reset_ends_every_session_and_says_so(app, make_user, db):
