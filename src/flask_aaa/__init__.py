@@ -3,9 +3,13 @@
 from .errors import AAAError as AAAError
 from .errors import AuthenticationFailed as AuthenticationFailed
 from .errors import ConfigurationError as ConfigurationError
+from .errors import ExpiredToken as ExpiredToken
 from .errors import InvalidInput as InvalidInput
+from .errors import InvalidToken as InvalidToken
+from .errors import InvitationRequired as InvitationRequired
 from .errors import LoginRequired as LoginRequired
 from .errors import PermissionDenied as PermissionDenied
+from .errors import ReauthenticationRequired as ReauthenticationRequired
 from .extension import AAA as AAA
 from .models import AuditEvent as AuditEvent
 from .models import Base as Base

@@ -115,7 +115,11 @@ class AAA:
 
         @app.context_processor
         def _template_globals() -> dict[str, Any]:
-            return {"aaa_settings": settings}
+            return {
+                "aaa_settings": settings,
+                # Some pages exist only with their settings (mail flows need AAA_BASE_URL).
+                "aaa_has_endpoint": lambda name: name in app.view_functions,
+            }
 
         from .cli import aaa_cli
 
