@@ -32,10 +32,14 @@ def _raw() -> dict[str, object]:
         return cached
     data: dict[str, object]
     if request.is_json:
-        try:
-            body = request.get_json(silent=True)
-        except RecursionError:  # absurdly deep nesting; ``silent`` catches only ValueError
-            body = None
+        body = None
+        # Refuse absurd nesting before the parser recurses into it: a RecursionError is
+        # not only a 500, it can also leave the interpreter's recursion accounting off.
+        if json_depth(request.get_data(cache=True)) <= MAX_JSON_DEPTH:
+            try:
+                body = request.get_json(silent=True)
+            except RecursionError:
+                body = None
         if not isinstance(body, dict):
             raise InvalidInput({"body": "Send a JSON object."})
         data = body
@@ -43,6 +47,23 @@ def _raw() -> dict[str, object]:
         data = {key: request.form.get(key) for key in request.form}
     g._aaa_fields = data
     return data
+
+
+#: Deepest JSON nesting accepted (the library's bodies are flat objects).
+MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKETS = bytes.maketrans(b"", b"")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_depth(raw: bytes) -> int:
+    """The deepest bracket nesting of a JSON text, ignoring brackets inside strings."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(_BRACKETS, _NOT_BRACKETS)
+    depth = deepest = 0
+    for byte in brackets:
+        depth += 1 if byte in (0x5B, 0x7B) else -1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def read_fields(names: Iterable[str], *, required: Iterable[str] = ()) -> dict[str, str]:
