@@ -476,24 +476,16 @@ def reauthenticate(
     """The signed-in user confirms their password before a sensitive action. Success marks
     the session fresh (the caller then rotates its id); a wrong password is audited apart
     and counts towards the lockout like any other."""
-    _for_field("password", passwords.check_length, password)
-    ok, _ = passwords.verify(password, user.password_hash)
-    locked = lockout.is_locked(user)
-    if not ok or locked:
-        with audit.apart(db):
-            audit.record(
-                db,
-                action="auth.reauth.failed",
-                actor=Actor.of(user),
-                outcome="failure",
-                target=user,
-                facts=facts,
-                details={"reason": "locked" if ok else "bad_password"},
-            )
-            if not ok:
-                lockout.register_failure(db, user, settings=settings, facts=facts)
-        # A locked account gets the wrong-password answer: guessing here gains nothing.
-        raise InvalidInput({"password": "The password is not correct."})
+    confirm_password(
+        db,
+        user,
+        settings=settings,
+        passwords=passwords,
+        password=password,
+        action="auth.reauth.failed",
+        facts=facts,
+        honour_lock=True,
+    )
     session.reauthenticated_at = utcnow()
     audit.record(db, action="auth.reauthenticated", actor=Actor.of(user), target=user, facts=facts)
 
@@ -516,30 +508,20 @@ def change_password(
 ) -> int:
     """Change ``user``'s password after checking the current one. Every other session of
     the user ends; returns how many. The caller rotates the current session."""
-    _for_field("current_password", passwords.check_length, current)
-    _for_field("new_password", passwords.check_length, new)
-    ok, _ = passwords.verify(current, user.password_hash)
-    if not ok:
-        audit.record_apart(
-            db,
-            action="auth.password.change_failed",
-            actor=Actor.of(user),
-            outcome="failure",
-            target=user,
-            facts=facts,
-            details={"reason": "bad_current_password"},
-        )
-        raise InvalidInput({"current_password": "The current password is not correct."})
-    new = _for_field(
-        "new_password",
-        lambda value: passwords.check_policy(
-            value,
-            identifiers=[user.username, user.email],
-            # NIST SP 800-63B: 8 characters suffice when a second factor guards the account.
-            min_length=settings.password_min_length_mfa if user.mfa_enabled else None,
-        ),
-        new,
+    for_field("new_password", passwords.check_length, new)
+    confirm_password(
+        db,
+        user,
+        settings=settings,
+        passwords=passwords,
+        password=current,
+        action="auth.password.change_failed",
+        facts=facts,
+        field="current_password",
+        reason="bad_current_password",
+        count_failure=False,
     )
+    new = check_new_password(settings, passwords, user, new, field="new_password")
     user.password_hash = passwords.hash(new)
     user.password_changed_at = utcnow()
     ended = sessions.revoke_all(db, user, reason="password_changed", keep=session)
@@ -554,12 +536,66 @@ def change_password(
     return ended
 
 
-def _for_field(field: str, check: Callable[[str], T], value: str) -> T:
+def for_field(field: str, check: Callable[[str], T], value: str) -> T:
     """Run a password check, reporting its error under the form's own field name."""
     try:
         return check(value)
     except InvalidInput as exc:
         raise InvalidInput({field: " ".join(exc.errors.values())}) from None
+
+
+def confirm_password(
+    db: Session,
+    user: User,
+    *,
+    settings: Settings,
+    passwords: PasswordService,
+    password: str,
+    action: str,
+    facts: RequestFacts,
+    field: str = "password",
+    reason: str = "bad_password",
+    count_failure: bool = True,
+    honour_lock: bool = False,
+) -> None:
+    """A sensitive step needs the user's current password. A wrong one is recorded apart
+    as ``action`` (with ``reason``), counts towards the lockout when ``count_failure``, and
+    raises :class:`InvalidInput` on ``field``. With ``honour_lock`` a locked account gets the
+    same answer even with the right password, so guessing there gains nothing."""
+    for_field(field, passwords.check_length, password)
+    ok, _ = passwords.verify(password, user.password_hash)
+    locked = honour_lock and lockout.is_locked(user)
+    if ok and not locked:
+        return
+    with audit.apart(db):
+        audit.record(
+            db,
+            action=action,
+            actor=Actor.of(user),
+            outcome="failure",
+            target=user,
+            facts=facts,
+            details={"reason": reason if ok is False else "locked"},
+        )
+        if not ok and count_failure:
+            lockout.register_failure(db, user, settings=settings, facts=facts)
+    raise InvalidInput({field: "The password is not correct."})
+
+
+def check_new_password(
+    settings: Settings, passwords: PasswordService, user: User, new: str, *, field: str
+) -> str:
+    """Check a new password for ``user`` against the policy (8 characters suffice with a
+    second factor, per NIST SP 800-63B) and return its normalized form."""
+    return for_field(
+        field,
+        lambda value: passwords.check_policy(
+            value,
+            identifiers=[user.username, user.email],
+            min_length=settings.password_min_length_mfa if user.mfa_enabled else None,
+        ),
+        new,
+    )
 
 
 def set_active(

@@ -30,7 +30,7 @@ from ..config import Settings
 from ..db import utcnow
 from ..errors import Conflict, InvalidInput, ServiceUnavailable, Throttled
 from ..models import AuditEvent, RecoveryCode, User
-from . import audit, lockout, rbac, sessions
+from . import accounts, audit, lockout, rbac, sessions
 from .actors import Actor, RequestFacts
 from .otp import (
     TOTP,
@@ -334,28 +334,16 @@ def _confirm_password(
     action: str,
     facts: RequestFacts,
 ) -> None:
-    """A sensitive change needs the current password: a wrong one is recorded apart as
-    ``action``, counts towards the lockout (like a failed re-authentication) and raises
-    :class:`InvalidInput` on ``password``."""
-    try:
-        passwords.check_length(password)
-    except InvalidInput as exc:
-        raise InvalidInput({"password": " ".join(exc.errors.values())}) from None
-    ok, _ = passwords.verify(password, user.password_hash)
-    if ok:
-        return
-    with audit.apart(db):
-        audit.record(
-            db,
-            action=action,
-            actor=Actor.of(user),
-            outcome="failure",
-            target=user,
-            facts=facts,
-            details={"reason": "bad_password"},
-        )
-        lockout.register_failure(db, user, settings=settings, facts=facts)
-    raise InvalidInput({"password": "The password is not correct."})
+    """A sensitive change needs the current password (see :func:`accounts.confirm_password`)."""
+    accounts.confirm_password(
+        db,
+        user,
+        settings=settings,
+        passwords=passwords,
+        password=password,
+        action=action,
+        facts=facts,
+    )
 
 
 def regenerate_recovery_codes(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -30,8 +29,6 @@ from . import accounts, audit, lockout, onetime, rbac, sessions
 from .actors import Actor, RequestFacts
 from .audit import Target
 from .passwords import PasswordService
-
-T = TypeVar("T")
 
 #: The permission to invite people by email.
 INVITE_USERS = "aaa:users:invite"
@@ -71,14 +68,6 @@ class ResetDone:
     user: User
     sessions_ended: int
     mail: Outgoing
-
-
-def _for_field(field: str, check: Callable[[str], T], value: str) -> T:
-    """Run a password check, reporting its error under the form's own field name."""
-    try:
-        return check(value)
-    except InvalidInput as exc:
-        raise InvalidInput({field: " ".join(exc.errors.values())}) from None
 
 
 def _find_by_email(db: Session, email: str) -> User | None:
@@ -362,7 +351,7 @@ def reset_password(
     lockout is lifted (A08), and the address counts as confirmed (the link reached it).
     Nobody is signed in: a user with two-factor authentication still needs it at the next
     sign-in (A22). Records ``auth.reset.succeeded``, or apart ``auth.reset.failed``."""
-    _for_field("password", passwords.check_length, new)
+    accounts.for_field("password", passwords.check_length, new)
     _, found = _use(
         db,
         purpose=onetime.RESET,
@@ -372,15 +361,7 @@ def reset_password(
         binding_of=_bound_to(onetime.password_binding, db),
     )
     user = accounts.assert_user(found)
-    checked = _for_field(
-        "password",
-        lambda value: passwords.check_policy(
-            value,
-            identifiers=[user.username, user.email],
-            min_length=settings.password_min_length_mfa if user.mfa_enabled else None,
-        ),
-        new,
-    )
+    checked = accounts.check_new_password(settings, passwords, user, new, field="password")
     now = utcnow()
     user.password_hash = passwords.hash(checked)
     user.password_changed_at = now
@@ -427,22 +408,20 @@ def request_email_change(
 
     If the new address already has an account, the caller gets the same answer; that
     account's owner is sent a notice and no link exists."""
-    _for_field("password", passwords.check_length, password)
+    accounts.for_field("password", passwords.check_length, password)
     new = accounts.normalize_email(new_email)
     if user.email_key is not None and new.key == user.email_key:
         raise InvalidInput({"email": "This is already your address."})
-    ok, _ = passwords.verify(password, user.password_hash)
-    if not ok:
-        audit.record_apart(
-            db,
-            action="user.email_change_failed",
-            actor=Actor.of(user),
-            outcome="failure",
-            target=user,
-            facts=facts,
-            details={"reason": "bad_password"},
-        )
-        raise InvalidInput({"password": "The password is not correct."})
+    accounts.confirm_password(
+        db,
+        user,
+        settings=settings,
+        passwords=passwords,
+        password=password,
+        action="user.email_change_failed",
+        facts=facts,
+        count_failure=False,
+    )
     owner = db.scalar(select(User).where(User.email_key == new.key))
     audit.record(
         db,
