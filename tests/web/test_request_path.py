@@ -60,3 +60,12 @@ def test_a_grant_is_seen_at_once_then_costs_nothing(app, client, make_user, db):
     with count_statements(app) as statements:
         assert client.get("/notes").status_code == 200
     assert len(statements) == 1
+
+
+def test_static_files_cost_no_query_even_when_signed_in(app, client, make_user):
+    make_user("alice")
+    login(client, "alice")
+    client.get("/private")
+    with count_statements(app) as statements:
+        assert client.get("/aaa-static/aaa/aaa.css").status_code == 200
+    assert statements == []

@@ -244,7 +244,10 @@ def _version() -> int:
 
 
 def rotate_if_due() -> None:
-    """Before a request: a session whose user's privileges changed gets a new id now."""
+    """Before a request: a session whose user's privileges changed gets a new id now.
+    Static files are served without touching the session (no query on that path)."""
+    if request.endpoint is None or request.endpoint.endswith("static"):
+        return
     record = login_session()
     if record is None or not record.rotate_pending:
         return
