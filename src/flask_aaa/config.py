@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from .errors import ConfigurationError
@@ -121,6 +123,46 @@ DEFAULTS: dict[str, Any] = {
     "PAGE_SIZE": 50,
     #: Send security headers (CSP, HSTS on HTTPS, nosniff, frame denial, referrer policy).
     "SECURITY_HEADERS": True,
+    #: Personal access tokens and ``Authorization: Bearer`` authentication on the views that
+    #: accept tokens (``@auth_required("token")``).
+    "API_TOKENS": True,
+    #: Start of every personal access token, so that secret scanners can find leaked ones.
+    #: Letters, digits and underscores; end it with ``_``.
+    "TOKEN_PREFIX": "aaa_pat_",
+    #: Lifetime of a new token when its creator names none, in days.
+    "TOKEN_DEFAULT_DAYS": 30,
+    #: Longest lifetime a token may be given, in days.
+    "TOKEN_MAX_DAYS": 365,
+    #: Live (neither expired nor revoked) tokens one user may hold.
+    "TOKEN_LIMIT_PER_USER": 50,
+    #: How often (seconds) a token's ``last used`` time and address are written.
+    "TOKEN_TOUCH_INTERVAL": 60,
+    #: Requests with a bearer token allowed per client IP (bad tokens included).
+    "TOKEN_LIMIT_PER_IP": "600 per minute",
+    #: Mount point of the JSON API (its version is part of the path).
+    "API_URL_PREFIX": "/aaa/api/v1",
+    #: Third-party sign-in providers, by name: ``{"google": {"issuer": ..., "client_id": ...,
+    #: "client_secret": ..., "scopes": [...], "label": ...}}``; ``{"preset": "github", ...}``
+    #: for GitHub's plain OAuth 2.0. See docs/oidc.md.
+    "OIDC_PROVIDERS": {},
+    #: A third-party sign-in by an unknown identity may create a new local account.
+    "OIDC_REGISTRATION": False,
+    #: ID token signature algorithms accepted (a provider entry may narrow it). Never ``none``
+    #: and never HMAC: the client secret is not a signing key we accept.
+    "OIDC_ALGORITHMS": ("RS256", "PS256", "ES256", "EdDSA"),
+    #: Seconds to wait for a provider (discovery, token and key requests) before failing.
+    "OIDC_TIMEOUT": 5.0,
+    #: Seconds a started third-party sign-in (its state, nonce and PKCE verifier) stays valid.
+    "OIDC_STATE_TTL": 10 * 60,
+    #: Passkeys (WebAuthn): sign in with one, or use one as the second factor. Needs the
+    #: ``passkeys`` extra (``pip install flask-aaa[passkeys]``).
+    "PASSKEYS": False,
+    #: WebAuthn relying-party id: the site's registrable domain. Default: ``AAA_BASE_URL``'s host.
+    "PASSKEY_RP_ID": None,
+    #: The origin browsers report for passkey ceremonies. Default: ``AAA_BASE_URL``.
+    "PASSKEY_ORIGIN": None,
+    #: Seconds a passkey ceremony's challenge stays valid.
+    "PASSKEY_TIMEOUT": 5 * 60,
     #: Content-Security-Policy sent with every response when security headers are on.
     "CONTENT_SECURITY_POLICY": (
         "default-src 'self'; img-src 'self' data:; object-src 'none'; "
@@ -143,6 +185,12 @@ _POSITIVE = (
     "remember_days",
     "mfa_max_attempts",
     "reauth_window",
+    "token_default_days",
+    "token_max_days",
+    "token_limit_per_user",
+    "token_touch_interval",
+    "oidc_state_ttl",
+    "passkey_timeout",
 )
 
 #: SECRET_KEY values that are refused outside debug and testing.
@@ -150,6 +198,9 @@ _KNOWN_WEAK_KEYS = frozenset(
     {"dev", "secret", "changeme", "change-me", "your_secret_key", "secret-key", "development"}
 )
 _MIN_SECRET_BYTES = 32
+
+_TOKEN_PREFIX_RE = re.compile(r"^[A-Za-z0-9_]{2,15}_$")
+_PROVIDER_NAME_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -202,6 +253,23 @@ class Settings:
     deny_by_default: bool
     page_size: int
     security_headers: bool
+    api_tokens: bool
+    token_prefix: str
+    token_default_days: int
+    token_max_days: int
+    token_limit_per_user: int
+    token_touch_interval: int
+    token_limit_per_ip: str
+    api_url_prefix: str
+    oidc_providers: Mapping[str, Mapping[str, Any]]
+    oidc_registration: bool
+    oidc_algorithms: tuple[str, ...]
+    oidc_timeout: float
+    oidc_state_ttl: int
+    passkeys: bool
+    passkey_rp_id: str | None
+    passkey_origin: str | None
+    passkey_timeout: int
     content_security_policy: str
 
     @classmethod
@@ -219,6 +287,13 @@ class Settings:
         for key, default in DEFAULTS.items():
             _check_type(key, values[key.lower()], default)
         values["mfa_required_roles"] = tuple(values["mfa_required_roles"])
+        values["oidc_algorithms"] = tuple(values["oidc_algorithms"])
+        values["oidc_providers"] = MappingProxyType(
+            {
+                name: MappingProxyType(dict(entry))
+                for name, entry in values["oidc_providers"].items()
+            }
+        )
         if values["base_url"] is not None:
             values["base_url"] = values["base_url"].rstrip("/")
         if values["secure_cookies"] is None:
@@ -238,6 +313,31 @@ class Settings:
             raise ConfigurationError("AAA_BASE_URL must be an absolute http(s) URL")
         self._validate_passwords(testing=testing)
         self._validate_durations()
+        self._validate_tokens()
+
+    def _validate_tokens(self) -> None:
+        if not _TOKEN_PREFIX_RE.match(self.token_prefix):
+            raise ConfigurationError(
+                "AAA_TOKEN_PREFIX must be 3 to 16 letters, digits or underscores, ending in _"
+            )
+        if self.token_default_days > self.token_max_days:
+            raise ConfigurationError("AAA_TOKEN_DEFAULT_DAYS must not exceed AAA_TOKEN_MAX_DAYS")
+        if not self.api_url_prefix.startswith("/") or self.api_url_prefix.endswith("/"):
+            raise ConfigurationError("AAA_API_URL_PREFIX must start with / and not end with /")
+        for name, entry in self.oidc_providers.items():
+            if not isinstance(name, str) or not _PROVIDER_NAME_RE.match(name):
+                raise ConfigurationError(
+                    "AAA_OIDC_PROVIDERS names must be 1 to 32 lower-case letters, digits, - or _"
+                )
+            if not isinstance(entry, Mapping):
+                raise ConfigurationError(f"AAA_OIDC_PROVIDERS[{name!r}] must be a dict")
+        unsafe = {a for a in self.oidc_algorithms if a.lower() == "none" or a.startswith("HS")}
+        if unsafe or not self.oidc_algorithms:
+            raise ConfigurationError(
+                "AAA_OIDC_ALGORITHMS must list asymmetric algorithms only (never none or HS*)"
+            )
+        if self.oidc_timeout <= 0:
+            raise ConfigurationError("AAA_OIDC_TIMEOUT must be positive")
 
     def _validate_passwords(self, *, testing: bool) -> None:
         if self.password_hash_preset not in HASH_PRESETS:
@@ -314,6 +414,10 @@ def _reject_unknown_keys(config: Mapping[str, Any]) -> None:
 
 
 def _check_type(key: str, value: Any, default: Any) -> None:
+    if isinstance(default, dict):
+        if not isinstance(value, Mapping):
+            raise ConfigurationError(f"AAA_{key} must be a dict")
+        return
     if isinstance(default, tuple):
         if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
             raise ConfigurationError(f"AAA_{key} must be a list of strings")

@@ -22,9 +22,11 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     Text,
+    UniqueConstraint,
     event,
     false,
     text,
@@ -67,8 +69,14 @@ role_permissions = Table(
 )
 
 
+#: ``User.kind`` of people, who sign in with a password, a passkey or a provider.
+PERSON = "person"
+#: ``User.kind`` of service accounts: non-human users that authenticate with API tokens only.
+SERVICE = "service"
+
+
 class User(Base):
-    """A person (or, later, a service) that can sign in.
+    """A person, or a service account, that can authenticate.
 
     ``username`` and ``email`` keep what the user typed (NFKC-normalized and trimmed);
     ``username_key`` and ``email_key`` hold the casefolded form used for lookups and
@@ -102,6 +110,11 @@ class User(Base):
     #: The last TOTP time step accepted: a code is good once (replay protection).
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
     mfa_enabled_at: Mapped[dt.datetime | None]
+    #: ``person`` or ``service``. Service accounts have no password and never sign in
+    #: interactively; they act through API tokens minted for them by an administrator.
+    kind: Mapped[str] = mapped_column(String(16), default=PERSON, server_default=PERSON)
+    #: Random WebAuthn user handle (not the primary key, which would leak account order).
+    passkey_handle: Mapped[str | None] = mapped_column(String(88), unique=True, index=True)
 
     roles: Mapped[list[Role]] = relationship(
         secondary=user_roles, back_populates="users", order_by="Role.name"
@@ -275,6 +288,101 @@ class RecoveryCode(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("aaa_users.id", ondelete="CASCADE"), index=True)
     code_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    used_at: Mapped[dt.datetime | None]
+
+
+class ApiToken(Base):
+    """A personal access token. The secret is shown once at minting; only its SHA-256 is
+    stored. ``scopes`` (space-separated permission strings) narrow what the token may do to
+    a subset of what its owner holds at each request."""
+
+    __tablename__ = "aaa_api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("aaa_users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    #: The first characters of the token (prefix and 4 more), to recognise it in listings.
+    hint: Mapped[str] = mapped_column(String(32))
+    scopes: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[int | None]
+    expires_at: Mapped[dt.datetime]
+    last_used_at: Mapped[dt.datetime | None]
+    last_used_ip: Mapped[str | None] = mapped_column(String(45))
+    revoked_at: Mapped[dt.datetime | None]
+    revoked_by: Mapped[int | None]
+
+    user: Mapped[User] = relationship()
+
+    @property
+    def scope_list(self) -> list[str]:
+        return self.scopes.split()
+
+
+class ExternalIdentity(Base):
+    """A link between a local account and an account at a third-party provider, keyed by the
+    provider's ``(issuer, subject)``, never by email."""
+
+    __tablename__ = "aaa_identities"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("aaa_users.id", ondelete="CASCADE"), index=True)
+    #: The configured provider's name (``AAA_OIDC_PROVIDERS`` key).
+    provider: Mapped[str] = mapped_column(String(64))
+    issuer: Mapped[str] = mapped_column(String(255))
+    subject: Mapped[str] = mapped_column(String(255))
+    #: What the provider said last (shown to the user; never used to find the account).
+    email: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_login_at: Mapped[dt.datetime | None]
+
+    user: Mapped[User] = relationship()
+
+    __table_args__ = (UniqueConstraint("issuer", "subject", name="uq_aaa_identities_iss_sub"),)
+
+
+class Passkey(Base):
+    """A WebAuthn credential (passkey) registered by a user."""
+
+    __tablename__ = "aaa_passkeys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("aaa_users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    #: The credential id, base64url without padding.
+    credential_id: Mapped[str] = mapped_column(String(1400), unique=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    sign_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    transports: Mapped[str] = mapped_column(String(255), default="")
+    aaguid: Mapped[str | None] = mapped_column(String(36))
+    #: The authenticator said the credential is backed up (synced passkey).
+    backed_up: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[dt.datetime | None]
+
+    user: Mapped[User] = relationship()
+
+
+class Challenge(Base):
+    """A single-use, short-lived value of a ceremony begun in one browser: an OAuth ``state``
+    (with its nonce and PKCE verifier in ``data``) or a WebAuthn challenge. Only the SHA-256
+    of the value is stored; ``browser_hash`` binds it to the browser that began it, and
+    ``data`` is emptied when it is used."""
+
+    __tablename__ = "aaa_challenges"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    purpose: Mapped[str] = mapped_column(String(16))
+    value_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    browser_hash: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("aaa_users.id", ondelete="CASCADE"), index=True
+    )
+    data: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
     used_at: Mapped[dt.datetime | None]
 
 
