@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from ..config import Settings
 from ..db import utcnow
 from ..errors import AuthenticationFailed, Conflict, InvalidInput
-from ..models import LoginSession, Role, User
+from ..models import SERVICE, LoginSession, Role, User
 from . import audit, lockout, rbac, sessions
 from .actors import Actor, RequestFacts
 from .passwords import PasswordService
@@ -369,11 +369,36 @@ def verify_credentials(
     return user, new_hash is not None
 
 
+def check_may_sign_in(
+    db: Session, user: User, *, settings: Settings, facts: RequestFacts, method: str
+) -> None:
+    """The account policy of sign-ins without a password (third-party provider, passkey):
+    a disabled, locked or unconfirmed account, or a service account, is refused exactly as
+    a password sign-in would be: ``auth.login.failed`` recorded apart (with ``method``), then
+    :class:`AuthenticationFailed`."""
+    reason = _refusal(settings, user, ok=True)
+    if reason is None:
+        return
+    with audit.apart(db):
+        audit.record(
+            db,
+            action="auth.login.failed",
+            actor=Actor.anonymous(),
+            outcome="failure",
+            facts=facts,
+            target=user,
+            details={"reason": reason, "method": method},
+        )
+    raise AuthenticationFailed(reason)
+
+
 def _refusal(settings: Settings, user: User | None, ok: bool) -> str | None:
     if user is None:
         return "unknown_login"
     if not ok:
         return "bad_password"
+    if user.kind == SERVICE:
+        return "service_account"
     if not user.active:
         return "disabled"
     if lockout.is_locked(user):

@@ -9,6 +9,7 @@ last step. Remember-me cookies (rotating, theft-detecting) restore a session her
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
@@ -27,6 +28,8 @@ from .security import safe_next, wants_json
 PENDING_KEY = "_aaa_pending"
 #: Seconds a pending sign-in stays valid.
 PENDING_TTL = 300
+#: Cookie-session key of the browser's random id (see :func:`browser_id`).
+BROWSER_KEY = "_aaa_browser"
 
 
 def user_json(user: User) -> dict[str, Any]:
@@ -51,6 +54,17 @@ def establish(user: User, token: str, record: LoginSession) -> None:
     user._aaa_session_token = token
     login_user(user, remember=False, fresh=True)
     g._aaa_login_session = record
+
+
+def browser_id() -> str:
+    """This browser's random id, kept in its signed cookie session. Ceremonies that leave the
+    site and come back (third-party sign-in, passkeys) bind their challenge to it, so that a
+    value from one browser is worthless in another. A new sign-in clears it."""
+    value = session.get(BROWSER_KEY)
+    if not isinstance(value, str) or len(value) != 43:
+        value = secrets.token_urlsafe(32)
+        session[BROWSER_KEY] = value
+    return value
 
 
 def home() -> str:
