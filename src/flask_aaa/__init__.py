@@ -10,7 +10,10 @@ from .errors import InvitationRequired as InvitationRequired
 from .errors import LoginRequired as LoginRequired
 from .errors import PermissionDenied as PermissionDenied
 from .errors import ReauthenticationRequired as ReauthenticationRequired
+from .errors import TokenNotAccepted as TokenNotAccepted
+from .errors import TokenRejected as TokenRejected
 from .extension import AAA as AAA
+from .models import ApiToken as ApiToken
 from .models import AuditEvent as AuditEvent
 from .models import Base as Base
 from .models import Permission as Permission
@@ -19,9 +22,11 @@ from .models import User as User
 from .services.actors import Actor as Actor
 from .services.actors import RequestFacts as RequestFacts
 from .services.audit import Target as Target
+from .web.bearer import current_token as current_token
 from .web.context import current_user as current_user
 from .web.context import record_event as record_event
 from .web.decorators import audited as audited
+from .web.decorators import auth_required as auth_required
 from .web.decorators import fresh_login_required as fresh_login_required
 from .web.decorators import login_required as login_required
 from .web.decorators import permissions_accepted as permissions_accepted

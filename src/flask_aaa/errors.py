@@ -172,6 +172,92 @@ class ExpiredToken(InvalidToken):
         super().__init__("expired", user_id=user_id, message="This link has expired.")
 
 
+class TokenRejected(AAAError):
+    """A bearer token that is malformed, unknown, revoked or expired, or whose owner is
+    disabled. One answer for every cause (401); ``reason`` is for the audit trail."""
+
+    code = "invalid_token"
+    status = 401
+
+    def __init__(self, reason: str = "unknown") -> None:
+        super().__init__("The API token is not valid.")
+        self.reason = reason
+
+
+class TokenNotAccepted(AAAError):
+    """A bearer token was sent to an endpoint that accepts only browser sessions."""
+
+    code = "token_not_accepted"
+    status = 401
+
+    def __init__(self) -> None:
+        super().__init__("This endpoint does not accept API tokens.")
+
+
+class ProviderError(AAAError):
+    """A third-party sign-in failed at or because of the provider: its answer was refused
+    (bad ID token, wrong issuer or audience, replayed nonce, oversized response, ...), or the
+    user cancelled there. One message for every cause; ``reason`` is for the audit trail."""
+
+    code = "provider_error"
+    status = 400
+
+    def __init__(
+        self,
+        reason: str,
+        message: str = "The sign-in with the provider did not succeed. Please try again.",
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ProviderUnavailable(ServiceUnavailable):
+    """A third-party provider did not answer in time, or answered with nonsense (down,
+    timeout, TLS failure, bad JSON). The sign-in fails closed; ``reason`` is for the trail."""
+
+    code = "provider_unavailable"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            "The sign-in provider is not reachable right now. Try again later.", retry_after=30
+        )
+        self.reason = reason
+
+
+class IdentityNotLinked(AAAError):
+    """A third-party sign-in by an identity that no local account is linked to, while
+    ``AAA_OIDC_REGISTRATION`` does not allow creating one."""
+
+    code = "identity_not_linked"
+    status = 403
+
+    def __init__(self, label: str) -> None:
+        super().__init__(
+            f"No account here is linked to this {label} account. Sign in another way and "
+            f"link {label} from your account page."
+        )
+
+
+class PasskeyRejected(AAAError):
+    """A passkey (WebAuthn) answer did not verify: unknown credential, wrong origin or
+    relying party, bad signature, another account's user handle, a counter that went back
+    (a possibly cloned authenticator), or a refused account. One message for every cause;
+    ``reason`` is for the audit trail. 401 for sign-ins, 400 for registrations."""
+
+    code = "passkey_rejected"
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status: int = 401,
+        message: str = "This passkey could not be used. Please try again.",
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+
+
 class InvitationRequired(AAAError):
     """Registration is by invitation only (``AAA_INVITE_ONLY``) and none was given."""
 

@@ -24,7 +24,7 @@ from .errors import LoginRequired
 from .models import Base, User
 from .services import rbac, sessions
 from .services.passwords import PasswordService
-from .web import account, admin, auth, mail, mfa, recovery, security, signin
+from .web import account, admin, auth, bearer, mail, mfa, recovery, security, signin
 from .web.context import AnonymousUser, current_user, state
 from .web.decorators import GUARD_ATTR
 
@@ -85,6 +85,12 @@ class AAA:
             grants=rbac.GrantsCache(),
         )
         security.install(app, settings)
+        # Right after the first hook (write intent, request id): a bearer token replaces the
+        # cookie as the credential, and only cookie requests need a CSRF token.
+        app.before_request_funcs[None].insert(1, bearer.authenticate_request)
+        if app.config.get("WTF_CSRF_CHECK_DEFAULT", True):
+            app.config["WTF_CSRF_CHECK_DEFAULT"] = False  # Flask-WTF's own hook stands down
+            app.before_request_funcs[None].insert(2, bearer.csrf_protect)
         # Before any guard runs: restore a remembered sign-in, rotate a session whose
         # privileges changed.
         if settings.remember_me:

@@ -304,6 +304,45 @@ def create_user(
     return user
 
 
+def create_service_account(
+    db: Session,
+    *,
+    actor: Actor,
+    name: str,
+    roles: Sequence[Role] = (),
+    facts: RequestFacts | None = None,
+) -> User:
+    """An administrator creates a service account: a non-human user named ``name``, with
+    no password and no email, that never signs in interactively and acts only through API
+    tokens an administrator mints for it. Its roles bound what those tokens may do."""
+    rbac.check(db, actor, [rbac.MANAGE_USERS], facts=facts)
+    uname = normalize_username(name)
+    user = User(
+        username=uname.display,
+        username_key=uname.key,
+        password_hash=None,
+        kind=SERVICE,
+        active=True,
+    )
+    try:
+        with db.begin_nested():
+            db.add(user)
+            db.flush()
+    except IntegrityError:
+        raise InvalidInput({"username": "This username cannot be used."}) from None
+    audit.record(
+        db,
+        action="user.created",
+        actor=actor,
+        target=user,
+        facts=facts,
+        details={"kind": SERVICE},
+    )
+    for role in roles:
+        rbac.grant_role(db, actor=actor, user=user, role=role, facts=facts)
+    return user
+
+
 # -- signing in --
 
 

@@ -67,11 +67,17 @@ def request_facts() -> RequestFacts:
     if not has_request_context():
         return RequestFacts()
     record = g.get("_aaa_login_session")
+    token = g.get("_aaa_token")
+    if record is not None:
+        session_hash = record.token_hash
+    else:
+        # An API token request names its token by id (its secret is not kept anywhere).
+        session_hash = f"token:{token.id}" if token is not None else None
     return RequestFacts(
         ip=request.remote_addr,
         user_agent=request.headers.get("User-Agent", "")[:512] or None,
         request_id=request_id(),
-        session_hash=record.token_hash if record is not None else None,
+        session_hash=session_hash,
     )
 
 

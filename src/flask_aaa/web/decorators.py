@@ -14,8 +14,15 @@ from typing import Any, TypeVar, cast
 
 from flask import make_response
 
-from ..errors import AAAError, PermissionDenied, ReauthenticationRequired, ServiceUnavailable
+from ..errors import (
+    AAAError,
+    LoginRequired,
+    PermissionDenied,
+    ReauthenticationRequired,
+    ServiceUnavailable,
+)
 from ..services import audit, rbac, sessions
+from . import bearer
 from .context import (
     current_actor,
     current_user,
@@ -62,6 +69,41 @@ def _signed_in() -> None:
 def login_required(view: F) -> F:
     """Only signed-in, active users may call the view."""
     return _requirement(_signed_in, "login")(view)
+
+
+def auth_required(*methods: str, scopes: Sequence[str] = ()) -> Callable[[F], F]:
+    """The caller must be authenticated through one of ``methods``: ``"session"`` (a
+    browser's login) or ``"token"`` (an ``Authorization: Bearer`` personal access token);
+    both without arguments. Views without this decorator accept sessions only.
+
+    A token request may do only what its scopes and its owner's current grants both allow
+    (``@permissions_required`` checks that); ``scopes`` names further scopes a token must
+    carry, such as the self-service ``account:read``. Session requests ignore ``scopes``."""
+    chosen = frozenset(methods or bearer.METHODS)
+    unknown = chosen - bearer.METHODS
+    if unknown:
+        raise ValueError(f"unknown authentication methods: {sorted(unknown)}")
+    for scope in scopes:
+        rbac.validate_permission_name(scope)
+
+    def check() -> None:
+        user = signed_in_user()
+        how = bearer.via()
+        if how not in chosen:
+            raise LoginRequired()
+        if how == bearer.TOKEN:
+            missing = [s for s in scopes if not user.grants.allows(s)]
+            if missing:
+                rbac.deny(
+                    db_session(), current_actor(), " and ".join(missing), facts=request_facts()
+                )
+
+    def decorator(view: F) -> F:
+        wrapped = _requirement(check, "login")(view)
+        setattr(wrapped, bearer.AUTH_METHODS_ATTR, chosen)
+        return wrapped
+
+    return decorator
 
 
 def _fresh() -> None:
@@ -186,6 +228,7 @@ def audited(action: str, *, target: Callable[..., object] | None = None) -> Call
 
 __all__ = [
     "audited",
+    "auth_required",
     "current_user",
     "fresh_login_required",
     "login_required",

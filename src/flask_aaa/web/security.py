@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, g, jsonify, render_template, request
+from flask import Flask, Response, current_app, g, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -23,6 +23,8 @@ from ..errors import (
     ReauthenticationRequired,
     ServiceUnavailable,
     Throttled,
+    TokenNotAccepted,
+    TokenRejected,
 )
 from .context import AnonymousUser, db_session, request_id, state
 
@@ -44,14 +46,23 @@ def own_request() -> bool:
 
 
 def wants_json() -> bool:
-    """JSON for API clients: a JSON body, or an Accept header that prefers JSON."""
-    if request.is_json:
+    """JSON for API clients: a bearer token, the JSON API, a JSON body, or an Accept header
+    that prefers JSON."""
+    if request.is_json or g.get("_aaa_via") == "token" or request.blueprint == "aaa_api":
         return True
     best = request.accept_mimetypes.best_match(["text/html", "application/json"])
     return (
         best == "application/json"
         and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
     )
+
+
+def accepts_tokens() -> bool:
+    """Does the requested view accept bearer tokens?"""
+    from .bearer import AUTH_METHODS_ATTR, TOKEN
+
+    view = current_app.view_functions.get(request.endpoint or "")
+    return TOKEN in getattr(view, AUTH_METHODS_ATTR, ())
 
 
 def safe_next(target: str | None) -> str | None:
@@ -147,6 +158,10 @@ def install(app: Flask, settings: Settings) -> None:
         headers: dict[str, str] = {}
         if isinstance(exc, Throttled | ServiceUnavailable):
             headers["Retry-After"] = str(exc.retry_after)
+        if isinstance(exc, TokenRejected):
+            headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        elif isinstance(exc, LoginRequired | TokenNotAccepted) and accepts_tokens():
+            headers["WWW-Authenticate"] = "Bearer"
         if isinstance(exc, LoginRequired | ReauthenticationRequired) and not wants_json():
             from flask import redirect, url_for
 
