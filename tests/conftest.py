@@ -26,6 +26,7 @@ from flask_aaa import (
     Role,
     User,
     audited,
+    auth_required,
     current_user,
     login_required,
     permissions_accepted,
@@ -175,6 +176,24 @@ def build_app(config: dict[str, Any]) -> Flask:
     @audited("notes.created")
     def create_note() -> Any:
         return "created", 201
+
+    @app.get("/api/notes")
+    @auth_required("session", "token")
+    @permissions_required("notes:read")
+    def api_notes() -> Any:
+        return jsonify(notes=[], user=current_user.label)
+
+    @app.post("/api/notes")
+    @auth_required("token")
+    @permissions_required("notes:write")
+    @audited("notes.created")
+    def api_create_note() -> Any:
+        return jsonify(created=True), 201
+
+    @app.get("/api/whoami")
+    @auth_required("token", scopes=("account:read",))
+    def api_whoami() -> Any:
+        return jsonify(user=current_user.label)
 
     @app.post("/notes/fail")
     @permissions_required("notes:write")

@@ -24,7 +24,7 @@ from . import migrations
 from .db import writing
 from .errors import AAAError, NotFound
 from .models import Role, User
-from .services import accounts, audit, lockout, mfa, rbac, sessions
+from .services import accounts, audit, lockout, mfa, rbac, sessions, tokens
 from .services.actors import Actor, RequestFacts
 from .web.context import state
 from .web.forms import parse_time
@@ -230,6 +230,80 @@ def revoke_sessions(user: str) -> None:
     subject = _user(user)
     ended = sessions.revoke_all_by_admin(_db(), actor=_actor(), user=subject, facts=_facts())
     click.echo(f"Signed {subject.label} out of {ended} session(s).")
+
+
+# -- service accounts and API tokens --
+
+
+@aaa_cli.command("create-service-account")
+@click.argument("name")
+@click.option("--role", "roles", multiple=True, help="Role to grant (repeatable).")
+@transactional
+def create_service_account(name: str, roles: tuple[str, ...]) -> None:
+    """Create NAME, a non-human account that acts only through API tokens."""
+    db = _db()
+    user = accounts.create_service_account(
+        db,
+        actor=_actor(),
+        name=name,
+        roles=[rbac.find_role(db, role) for role in roles],
+        facts=_facts(),
+    )
+    click.echo(f"Created service account {user.label} (id {user.id}).")
+
+
+@aaa_cli.command("create-token")
+@click.argument("user")
+@click.option("--name", required=True, help="What the token is for.")
+@click.option(
+    "--scope", "scopes", multiple=True, required=True, help="Permission it may use (repeatable)."
+)
+@click.option("--days", type=int, default=None, help="Lifetime in days (default: the setting).")
+@transactional
+def create_token(user: str, name: str, scopes: tuple[str, ...], days: int | None) -> None:
+    """Mint an API token for USER and print it once: it is stored only as a hash."""
+    subject = _user(user)
+    minted = tokens.mint(
+        _db(),
+        subject,
+        actor=_actor(),
+        name=name,
+        scopes=scopes,
+        days=days,
+        settings=state().settings,
+        facts=_facts(),
+    )
+    click.echo(
+        f"Token {minted.token.name!r} for {subject.label} (id {minted.token.id}, expires "
+        f"{minted.token.expires_at:%Y-%m-%d}). It is shown only now:",
+        err=True,
+    )
+    click.echo(minted.secret)
+
+
+@aaa_cli.command("list-tokens")
+@click.argument("user")
+@reading
+def list_tokens(user: str) -> None:
+    """USER's API tokens: id, state, name, scopes, expiry, last use (never the secrets)."""
+    for token in tokens.tokens_of(_db(), _user(user)):
+        used = f"{token.last_used_at:%Y-%m-%d %H:%M}" if token.last_used_at else "never"
+        click.echo(
+            f"{token.id}\t{tokens.status(token)}\t{token.name}\t{' '.join(token.scope_list)}"
+            f"\texpires {token.expires_at:%Y-%m-%d}\tlast used {used}"
+        )
+
+
+@aaa_cli.command("revoke-token")
+@click.argument("token_id", type=click.IntRange(1, 2_147_483_647))
+@transactional
+def revoke_token(token_id: int) -> None:
+    """Revoke the API token TOKEN_ID (see list-tokens)."""
+    token = tokens.get(_db(), token_id)
+    if tokens.revoke(_db(), token, actor=_actor(), facts=_facts()):
+        click.echo(f"Revoked token {token_id} ({token.name}).")
+    else:
+        click.echo(f"Token {token_id} was already revoked.")
 
 
 # -- roles and permissions --

@@ -251,7 +251,7 @@ def mint(
         target=owner,
         facts=facts,
         details={
-            "token_id": token.id,
+            "pat_id": token.id,
             "name": name,
             "scopes": wanted,
             "expires_at": token.expires_at.isoformat(),
@@ -295,7 +295,7 @@ def authenticate(
             outcome="denied",
             target=user,
             facts=facts,
-            details={"token_id": token.id, "reason": reason},
+            details={"pat_id": token.id, "reason": reason},
         )
         raise TokenRejected(reason)
     return Authenticated(token, user, authz_version or 0)
@@ -356,7 +356,7 @@ def revoke(db: Session, token: ApiToken, *, actor: Actor, facts: RequestFacts) -
         actor=actor,
         target=owner,
         facts=facts,
-        details={"token_id": token.id, "name": token.name},
+        details={"pat_id": token.id, "name": token.name},
     )
     return True
 

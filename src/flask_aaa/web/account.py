@@ -1,5 +1,6 @@
 """The signed-in user's own pages: "my activity" and its download, the list of their
-sessions (revoke one, or all others), and the password confirmation for sensitive actions."""
+sessions (revoke one, or all others), their API tokens (mint, list, revoke), and the
+password confirmation for sensitive actions."""
 
 from __future__ import annotations
 
@@ -19,9 +20,16 @@ from flask import (
 
 from ..errors import InvalidInput
 from ..models import LoginSession
-from ..services import accounts, audit, sessions
-from .context import db_session, login_session, request_facts, signed_in_user, state
-from .decorators import login_required
+from ..services import accounts, audit, sessions, tokens
+from .context import (
+    current_actor,
+    db_session,
+    login_session,
+    request_facts,
+    signed_in_user,
+    state,
+)
+from .decorators import fresh_login_required, login_required
 from .forms import audit_filter, filter_args, parse_cursor, read_fields
 from .security import safe_next, wants_json
 from .signin import rotate_current
@@ -111,6 +119,67 @@ def create_blueprint() -> Blueprint:
             return jsonify({"ok": True, "sessions_ended": ended})
         flash(f"Signed out everywhere else ({ended} session(s)).", "success")
         return redirect(url_for("aaa_account.session_list"), 303)
+
+    def token_page(
+        minted: tokens.Minted | None = None, errors: dict[str, str] | None = None
+    ) -> Any:
+        user = signed_in_user()
+        offered = sorted(tokens.SELF_SCOPES) + sorted(user.grants.permissions)
+        return Response(
+            render_template(
+                "aaa/tokens.html",
+                tokens=tokens.tokens_of(db_session(), user),
+                offered=offered,
+                self_scopes=tokens.SELF_SCOPES,
+                minted=minted,
+                errors=errors or {},
+                status=tokens.status,
+                form=request.form if errors else {},
+            ),
+            status=400 if errors else 201 if minted else 200,
+        )
+
+    @bp.get("/tokens")
+    @login_required
+    def token_list() -> Any:
+        """The user's personal access tokens (never their secrets), and the form for a new one."""
+        return token_page()
+
+    @bp.post("/tokens")
+    @fresh_login_required
+    def mint_token() -> Any:
+        """Mint a token; its secret is on this one page and nowhere else."""
+        user = signed_in_user()
+        db = db_session()
+        fields = read_fields(["name", "expires_in_days", "extra_scopes"])
+        scopes = request.form.getlist("scopes") + fields.get("extra_scopes", "").split()
+        try:
+            minted = tokens.mint(
+                db,
+                user,
+                actor=current_actor(),
+                name=fields.get("name", ""),
+                scopes=scopes,
+                days=fields.get("expires_in_days"),
+                settings=state().settings,
+                facts=request_facts(),
+            )
+        except InvalidInput as exc:
+            db.rollback()
+            return token_page(errors=exc.errors)
+        db.commit()
+        return token_page(minted=minted)
+
+    @bp.post("/tokens/<int(max=2147483647):token_id>/revoke")
+    @login_required
+    def revoke_token(token_id: int) -> Any:
+        user = signed_in_user()
+        db = db_session()
+        token = tokens.get(db, token_id, owner=user)
+        tokens.revoke(db, token, actor=current_actor(), facts=request_facts())
+        db.commit()
+        flash(f"The token {token.name!r} is revoked.", "success")
+        return redirect(url_for("aaa_account.token_list"), 303)
 
     @bp.route("/reauth", methods=["GET", "POST"])
     @login_required

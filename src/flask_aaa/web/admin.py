@@ -23,8 +23,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from ..errors import InvalidInput, NotFound
-from ..models import Role, User
-from ..services import accounts, audit, lockout, mfa, rbac, sessions
+from ..models import SERVICE, Role, User
+from ..services import accounts, audit, lockout, mfa, rbac, sessions, tokens
 from .account import page_json
 from .context import current_actor, db_session, request_facts, state
 from .decorators import permissions_required
@@ -62,6 +62,7 @@ def _user_row(user: User) -> dict[str, Any]:
             else None
         ),
         "mfa_enabled": user.mfa_enabled,
+        "kind": user.kind,
     }
 
 
@@ -90,7 +91,11 @@ def create_blueprint() -> Blueprint:
             return jsonify({"users": [_user_row(u) for u in rows], "next_after": next_after})
         total = db.scalar(select(func.count()).select_from(User))
         return render_template(
-            "aaa/admin_users.html", users=rows, next_after=next_after, total=total
+            "aaa/admin_users.html",
+            users=rows,
+            next_after=next_after,
+            total=total,
+            roles=list(db.scalars(select(Role).order_by(Role.name))),
         )
 
     @bp.get("/users/<int(max=2147483647):user_id>")
@@ -102,13 +107,91 @@ def create_blueprint() -> Blueprint:
         live = sessions.live_sessions(db, user)
         if wants_json():
             return jsonify({"user": _user_row(user), "live_sessions": len(live)})
-        return render_template(
-            "aaa/admin_user.html",
-            subject=user,
-            roles=roles,
-            live_sessions=live,
-            locked=lockout.is_locked(user),
+        return _user_page(user, roles=roles, live=live)
+
+    def _user_page(
+        user: User,
+        *,
+        roles: list[Role] | None = None,
+        live: Any = None,
+        minted: tokens.Minted | None = None,
+        errors: dict[str, str] | None = None,
+    ) -> Response:
+        db = db_session()
+        if roles is None:
+            roles = list(db.scalars(select(Role).order_by(Role.name)))
+        return Response(
+            render_template(
+                "aaa/admin_user.html",
+                subject=user,
+                roles=roles,
+                live_sessions=live if live is not None else sessions.live_sessions(db, user),
+                locked=lockout.is_locked(user),
+                tokens=tokens.tokens_of(db, user),
+                token_status=tokens.status,
+                minted=minted,
+                errors=errors or {},
+            ),
+            status=400 if errors else 201 if minted else 200,
         )
+
+    @bp.post("/service-accounts")
+    @permissions_required(rbac.MANAGE_USERS)
+    def create_service_account() -> Any:
+        """A non-human account that acts only through the API tokens minted for it here."""
+        db = db_session()
+        fields = read_fields(["name", "role"], required=["name"])
+        roles = [rbac.find_role(db, fields["role"])] if fields.get("role") else []
+        user = accounts.create_service_account(
+            db, actor=current_actor(), name=fields["name"], roles=roles, facts=request_facts()
+        )
+        db.flush()
+        return _done(
+            f"Service account {user.label} created. Mint it a token below.",
+            "aaa_admin.user_detail",
+            user_id=user.id,
+        )
+
+    @bp.post("/users/<int(max=2147483647):user_id>/tokens")
+    @permissions_required(rbac.MANAGE_USERS)
+    def mint_token(user_id: int) -> Any:
+        """Mint a token for a service account; the secret is shown on this one page."""
+        db = db_session()
+        user = _user(user_id)
+        if user.kind != SERVICE:
+            raise InvalidInput(
+                {"user": "People mint their own tokens; administrators mint for services."}
+            )
+        fields = read_fields(["name", "scopes", "expires_in_days"])
+        try:
+            minted = tokens.mint(
+                db,
+                user,
+                actor=current_actor(),
+                name=fields.get("name", ""),
+                scopes=fields.get("scopes", "").split(),
+                days=fields.get("expires_in_days"),
+                settings=state().settings,
+                facts=request_facts(),
+            )
+        except InvalidInput as exc:
+            db.rollback()
+            return _user_page(_user(user_id), errors=exc.errors)
+        db.commit()
+        return _user_page(user, minted=minted)
+
+    @bp.post("/tokens/<int(max=2147483647):token_id>/revoke")
+    @permissions_required(rbac.MANAGE_USERS)
+    def revoke_token(token_id: int) -> Any:
+        db = db_session()
+        token = tokens.get(db, token_id)
+        changed = tokens.revoke(db, token, actor=current_actor(), facts=request_facts())
+        message = (
+            f"The token {token.name!r} is revoked."
+            if changed
+            else f"The token {token.name!r} was already revoked."
+        )
+        return _done(message, "aaa_admin.user_detail", user_id=token.user_id)
 
     @bp.post("/users/<int(max=2147483647):user_id>/roles")
     @permissions_required(rbac.ASSIGN_ROLES)

@@ -16,7 +16,7 @@ from typing import cast
 from flask import current_app, g, request
 from limits import parse
 
-from ..errors import Throttled, TokenNotAccepted, TokenRejected
+from ..errors import InvalidInput, Throttled, TokenNotAccepted, TokenRejected
 from ..models import ApiToken
 from ..services import tokens
 from .context import AnonymousUser, db_session, request_facts, state
@@ -76,7 +76,7 @@ def authenticate_request() -> None:
         raise TokenRejected("disabled")
     _count_attempt()
     if len(value) > MAX_HEADER:
-        raise TokenRejected("malformed")
+        raise InvalidInput({"authorization": "The bearer token is far too long."})
     db = db_session()
     facts = request_facts()
     found = tokens.authenticate(db, value, settings=settings, facts=facts)

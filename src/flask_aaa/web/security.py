@@ -50,6 +50,10 @@ def wants_json() -> bool:
     that prefers JSON."""
     if request.is_json or g.get("_aaa_via") == "token" or request.blueprint == "aaa_api":
         return True
+    # Unrouted paths (404, 405) below the API's prefix have no blueprint, but are the API's.
+    prefix = state().settings.api_url_prefix
+    if request.path == prefix or request.path.startswith(prefix + "/"):
+        return True
     best = request.accept_mimetypes.best_match(["text/html", "application/json"])
     return (
         best == "application/json"
@@ -63,6 +67,14 @@ def accepts_tokens() -> bool:
 
     view = current_app.view_functions.get(request.endpoint or "")
     return TOKEN in getattr(view, AUTH_METHODS_ATTR, ())
+
+
+def accepts_sessions() -> bool:
+    """Does the requested view accept browser sessions (every view but token-only ones)?"""
+    from .bearer import AUTH_METHODS_ATTR, SESSION
+
+    view = current_app.view_functions.get(request.endpoint or "")
+    return SESSION in getattr(view, AUTH_METHODS_ATTR, (SESSION,))
 
 
 def safe_next(target: str | None) -> str | None:
@@ -162,7 +174,11 @@ def install(app: Flask, settings: Settings) -> None:
             headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
         elif isinstance(exc, LoginRequired | TokenNotAccepted) and accepts_tokens():
             headers["WWW-Authenticate"] = "Bearer"
-        if isinstance(exc, LoginRequired | ReauthenticationRequired) and not wants_json():
+        if (
+            isinstance(exc, LoginRequired | ReauthenticationRequired)
+            and not wants_json()
+            and accepts_sessions()
+        ):
             from flask import redirect, url_for
 
             target = request.full_path if request.method in SAFE_METHODS else None
