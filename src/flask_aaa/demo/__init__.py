@@ -10,13 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
+import importlib.util
 import os
 import re
 import secrets
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, abort, flash, redirect, render_template, request, url_for
+from flask import Flask, abort, flash, jsonify, redirect, render_template, request, url_for
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import ForeignKey, String, Text, select
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -28,6 +29,7 @@ from .. import (
     Target,
     User,
     audited,
+    auth_required,
     current_user,
     permissions_required,
     public,
@@ -88,6 +90,16 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         MAIL_BACKEND="file",
         MAIL_FILE_PATH=str(folder / "mail"),
     )
+    if importlib.util.find_spec("webauthn") is not None:
+        # Passkeys when the extra is installed. Their relying party must be a domain name,
+        # never an IP address: open the demo at http://localhost:5000 to use them.
+        app.config.update(
+            AAA_PASSKEYS=True,
+            AAA_PASSKEY_RP_ID="localhost",
+            AAA_PASSKEY_ORIGIN=os.environ.get(
+                "FLASK_AAA_DEMO_PASSKEY_ORIGIN", "http://localhost:5000"
+            ),
+        )
     if os.environ.get("AAA_RATELIMIT_STORAGE_URI"):
         app.config["AAA_RATELIMIT_STORAGE_URI"] = os.environ["AAA_RATELIMIT_STORAGE_URI"]
     if os.environ.get("FLASK_AAA_DEMO_DATABASE_URL"):
@@ -136,6 +148,28 @@ def _note(note_id: int) -> Note:
     return note
 
 
+def _new_note(title: str, body: str) -> Note:
+    title, body = title.strip(), body.strip()
+    if not title or len(title) > 120 or len(body) > 10_000 or "\x00" in title + body:
+        raise InvalidInput(
+            {"title": "A title of 1 to 120 characters (and a body under 10,000) please."}
+        )
+    note = Note(owner_id=current_user.id, title=title, body=body)
+    db.session.add(note)
+    db.session.flush()
+    return note
+
+
+def _note_json(note: Note) -> dict[str, Any]:
+    return {
+        "id": note.id,
+        "title": note.title,
+        "body": note.body,
+        "owner": note.owner.label if note.owner else None,
+        "created_at": note.created_at.isoformat(),
+    }
+
+
 def _register_views(app: Flask) -> None:
     @app.get("/")
     @public
@@ -160,17 +194,32 @@ def _register_views(app: Flask) -> None:
     @permissions_required("notes:write")
     @audited("notes.created")
     def create_note() -> Any:
-        title = request.form.get("title", "").strip()
-        body = request.form.get("body", "").strip()
-        if not title or len(title) > 120 or len(body) > 10_000:
-            raise InvalidInput(
-                {"title": "A title of 1 to 120 characters (and a body under 10,000) please."}
-            )
-        note = Note(owner_id=current_user.id, title=title, body=body)
-        db.session.add(note)
-        db.session.flush()
+        note = _new_note(request.form.get("title", ""), request.form.get("body", ""))
         flash(f"Saved note {note.title!r}.", "success")
         return redirect(url_for("notes"), 303)
+
+    @app.get("/api/notes")
+    @auth_required("session", "token")
+    @permissions_required("notes:read")
+    def api_notes() -> Any:
+        """The notes as JSON, for a browser session or a script with an API token."""
+        rows = db.session.scalars(select(Note).order_by(Note.id.desc()).limit(100)).all()
+        return jsonify(notes=[_note_json(n) for n in rows])
+
+    @app.post("/api/notes")
+    @auth_required("token")
+    @permissions_required("notes:write")
+    @audited("notes.created")
+    def api_create_note() -> Any:
+        """Create a note from a script: ``{"title": ..., "body": ...}`` with a bearer token."""
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict) or set(data) - {"title", "body"}:
+            raise InvalidInput({"body": 'Send a JSON object {"title": ..., "body": ...}.'})
+        title, body = data.get("title"), data.get("body", "")
+        if not isinstance(title, str) or not isinstance(body, str):
+            raise InvalidInput({"title": "title and body are strings."})
+        note = _new_note(title, body)
+        return jsonify(note=_note_json(note)), 201
 
     @app.post("/notes/<int(max=2147483647):note_id>/delete")
     @permissions_required("notes:delete")
