@@ -8,6 +8,7 @@ set (its Flask-AAA tables are dropped and recreated per test). Rate limits use R
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -107,6 +108,79 @@ def dump_database(engine: Any) -> str:
         for table in Base.metadata.sorted_tables:
             lines.extend(repr(tuple(row)) for row in connection.execute(table.select()))
     return "\n".join(lines)
+
+
+# -- the secrets sentinel (T01) --
+#
+# Every raw secret the library hands out during a test (API tokens, session ids, remember-me
+# cookies, mailed link tokens, recovery codes) is noted; when the test's database is torn
+# down, neither the database nor anything logged during the test may contain one.
+
+_MINTED: list[str] = []
+_LOGGED: list[str] = []
+
+
+class _LogTap(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _LOGGED.append(self.format(record))
+        except Exception:
+            _LOGGED.append(str(record.msg))
+
+
+def _note_secret(module: Any, name: str, pick: Callable[[Any], list[str]], mp: Any) -> None:
+    original = getattr(module, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        _MINTED.extend(pick(result))
+        return result
+
+    mp.setattr(module, name, wrapper)
+
+
+@pytest.fixture(autouse=True)
+def _secrets_sentinel(monkeypatch: Any) -> Iterator[None]:
+    from flask_aaa.services import mfa, onetime, sessions, tokens
+
+    _MINTED.clear()
+    _LOGGED.clear()
+    _note_secret(tokens, "generate", lambda value: [value], monkeypatch)
+    _note_secret(sessions, "create", lambda result: [result[0]], monkeypatch)
+    _note_secret(sessions, "rotate", lambda result: [result[0]], monkeypatch)
+    _note_secret(sessions, "issue_remember", lambda value: [value.rpartition(":")[2]], monkeypatch)
+    _note_secret(
+        sessions,
+        "redeem_remember",
+        lambda result: [result.cookie.rpartition(":")[2]] if result.cookie else [],
+        monkeypatch,
+    )
+    _note_secret(onetime, "issue", lambda value: [value], monkeypatch)
+    _note_secret(mfa, "new_recovery_code", lambda value: [value], monkeypatch)
+    # Every record that reaches the root logger is seen, and the library's own loggers
+    # (``flask_aaa``, ``flask_aaa.audit``) speak at every level, debug included.
+    tap = _LogTap(logging.DEBUG)
+    root, own = logging.getLogger(), logging.getLogger("flask_aaa")
+    old_level = own.level
+    root.addHandler(tap)
+    own.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        root.removeHandler(tap)
+        own.setLevel(old_level)
+    logged = "\n".join(_LOGGED)
+    leaked = [secret for secret in _MINTED if secret and secret in logged]
+    assert not leaked, "a raw secret was logged"
+
+
+def assert_no_secret_stored(engine: Any) -> None:
+    """T01: no raw secret handed out during the test is in the database."""
+    if not _MINTED:
+        return
+    dump = dump_database(engine)
+    leaked = [secret for secret in _MINTED if secret and secret in dump]
+    assert not leaked, "a raw secret is stored in the database"
 
 
 def flush_redis() -> None:
@@ -217,6 +291,7 @@ def app(config: dict[str, Any]) -> Iterator[Flask]:
             app.extensions["aaa"].db.create_all()
     yield app
     with app.app_context():
+        assert_no_secret_stored(app.extensions["aaa"].db.engine)
         for engine in app.extensions["aaa"].db.engines.values():
             engine.dispose()
 
@@ -357,6 +432,7 @@ def engine(database_url: str) -> Iterator[Any]:
     if not DATABASE_URL:
         Base.metadata.create_all(eng)
     yield eng
+    assert_no_secret_stored(eng)
     eng.dispose()
 
 

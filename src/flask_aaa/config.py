@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
+import ipaddress
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
 
@@ -296,6 +299,7 @@ class Settings:
         )
         if values["base_url"] is not None:
             values["base_url"] = values["base_url"].rstrip("/")
+        _derive_passkey_defaults(values)
         if values["secure_cookies"] is None:
             values["secure_cookies"] = not (debug or testing)
         settings = cls(**values)
@@ -314,6 +318,7 @@ class Settings:
         self._validate_passwords(testing=testing)
         self._validate_durations()
         self._validate_tokens()
+        self._validate_passkeys()
 
     def _validate_tokens(self) -> None:
         if not _TOKEN_PREFIX_RE.match(self.token_prefix):
@@ -338,6 +343,45 @@ class Settings:
             )
         if self.oidc_timeout <= 0:
             raise ConfigurationError("AAA_OIDC_TIMEOUT must be positive")
+
+    def _validate_passkeys(self) -> None:
+        if not self.passkeys:
+            return
+        if importlib.util.find_spec("webauthn") is None:
+            raise ConfigurationError(
+                "AAA_PASSKEYS needs the webauthn package: pip install flask-aaa[passkeys]"
+            )
+        rp_id, origin = self.passkey_rp_id, self.passkey_origin
+        if not rp_id or not origin:
+            raise ConfigurationError(
+                "AAA_PASSKEYS needs a relying-party id and origin: set AAA_BASE_URL, or "
+                "AAA_PASSKEY_RP_ID and AAA_PASSKEY_ORIGIN"
+            )
+        if not _PASSKEY_RP_ID_RE.match(rp_id) or _is_ip_address(rp_id):
+            raise ConfigurationError(
+                f"AAA_PASSKEY_RP_ID must be a domain name such as example.org (not an IP "
+                f"address, no scheme, port or path), not {rp_id!r}"
+            )
+        parts = urlsplit(origin)
+        host = (parts.hostname or "").lower()
+        local = host == "localhost" or host.endswith(".localhost")
+        if (
+            parts.scheme not in ("https", "http")
+            or (parts.scheme == "http" and not local)
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+            or parts.username is not None
+        ):
+            raise ConfigurationError(
+                "AAA_PASSKEY_ORIGIN must be https://host[:port] (http:// only for localhost), "
+                f"not {origin!r}"
+            )
+        if host != rp_id and not host.endswith("." + rp_id):
+            raise ConfigurationError(
+                f"AAA_PASSKEY_RP_ID {rp_id!r} must be the host of AAA_PASSKEY_ORIGIN or a "
+                "parent domain of it"
+            )
 
     def _validate_passwords(self, *, testing: bool) -> None:
         if self.password_hash_preset not in HASH_PRESETS:
@@ -402,6 +446,34 @@ def check_secret_key(key: object) -> None:
         )
     if len(set(raw)) < 8:
         raise RuntimeError("SECRET_KEY is too weak: it repeats too few distinct characters")
+
+
+_PASSKEY_RP_ID_RE = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+
+
+def _is_ip_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _derive_passkey_defaults(values: dict[str, Any]) -> None:
+    """Fill in the passkey relying-party id and origin from ``AAA_BASE_URL`` when unset
+    (the origin is the base URL without its path; the id is its host)."""
+    base = values["base_url"]
+    if isinstance(base, str):
+        parts = urlsplit(base)
+        if values["passkey_origin"] is None and parts.scheme and parts.netloc:
+            values["passkey_origin"] = f"{parts.scheme}://{parts.netloc}"
+        if values["passkey_rp_id"] is None and parts.hostname:
+            values["passkey_rp_id"] = parts.hostname
+    if isinstance(values["passkey_origin"], str):
+        # Browsers report the origin without a trailing slash; it is compared exactly.
+        values["passkey_origin"] = values["passkey_origin"].rstrip("/")
 
 
 def _reject_unknown_keys(config: Mapping[str, Any]) -> None:

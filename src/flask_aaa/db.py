@@ -11,13 +11,19 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime as dt
+import logging
 import weakref
 from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, event
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import Executable
 from sqlalchemy.types import TypeDecorator
+
+_log = logging.getLogger("flask_aaa")
 
 _write_intent: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "aaa_write_intent", default=False
@@ -46,6 +52,29 @@ def set_write_intent(value: bool) -> contextvars.Token[bool]:
 
 def reset_write_intent(token: contextvars.Token[bool]) -> None:
     _write_intent.reset(token)
+
+
+def note_activity(db: Session, statement: Executable, what: str) -> None:
+    """Run a best-effort bookkeeping write (when a session or a token was last used).
+
+    On SQLite, in a request that writes, the request's own transaction already holds the
+    database's write lock: a second connection would wait on it for the whole busy timeout.
+    There the statement joins that transaction (in a savepoint) and commits with it; a request
+    that fails loses the note, and the next request writes it again. Everywhere else it
+    commits in a short transaction of its own, so that a read-only request never holds a write
+    lock and a PostgreSQL row lock is never held for a whole request. Failures are logged,
+    never raised: ``what`` names the write in the log line."""
+    try:
+        bind = db.get_bind()
+        if _write_intent.get() and bind.dialect.name == "sqlite":
+            with db.begin_nested():
+                db.execute(statement)
+            return
+        with writing(), Session(bind=bind) as own:
+            own.execute(statement)
+            own.commit()
+    except SQLAlchemyError as exc:
+        _log.warning("could not record %s (%s)", what, type(exc).__name__)
 
 
 def utcnow() -> dt.datetime:

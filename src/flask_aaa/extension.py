@@ -20,11 +20,11 @@ from flask_wtf.csrf import CSRFProtect
 
 from . import db as dbutil
 from .config import Settings
-from .errors import LoginRequired
+from .errors import ConfigurationError, LoginRequired
 from .models import Base, User
 from .services import rbac, sessions
 from .services.passwords import PasswordService
-from .web import account, admin, auth, bearer, mail, mfa, recovery, security, signin
+from .web import account, admin, api, auth, bearer, mail, mfa, recovery, security, signin
 from .web.context import AnonymousUser, current_user, state
 from .web.decorators import GUARD_ATTR
 
@@ -116,8 +116,25 @@ class AAA:
                 account.create_blueprint(), url_prefix=settings.account_url_prefix
             )
             app.register_blueprint(admin.create_blueprint(), url_prefix=settings.admin_url_prefix)
+            app.register_blueprint(api.create_blueprint(), url_prefix=settings.api_url_prefix)
             # Its routes carry the auth and account prefixes themselves.
             app.register_blueprint(mfa.create_blueprint())
+            if settings.passkeys:
+                # Imported only when on: it needs the optional webauthn package. Its routes
+                # carry the auth and account prefixes themselves too.
+                from .web import passkeys
+
+                app.register_blueprint(passkeys.create_blueprint())
+            if settings.oidc_providers:
+                # Imported only when a provider is configured: it needs the optional
+                # Authlib/joserfc and requests packages (the ``oidc`` extra).
+                try:
+                    from .web import oidc
+                except ImportError as exc:
+                    raise ConfigurationError(
+                        "AAA_OIDC_PROVIDERS needs the oidc extra: pip install flask-aaa[oidc]"
+                    ) from exc
+                oidc.init_app(app, settings)
 
         @app.context_processor
         def _template_globals() -> dict[str, Any]:
@@ -174,7 +191,7 @@ def _login_manager(app: Flask) -> LoginManager:
         user._aaa_session_token = token
         user._aaa_grants = st.grants.get(db, user.id, resolved.authz_version)
         g._aaa_login_session = resolved.session
-        sessions.touch(db.get_bind(), resolved.session, settings=st.settings)  # type: ignore[arg-type]
+        sessions.touch(db, resolved.session, settings=st.settings)
         return user
 
     @manager.unauthorized_handler  # type: ignore[untyped-decorator]

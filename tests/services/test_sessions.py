@@ -167,7 +167,7 @@ def test_S06_touched_session_lives_until_the_absolute_timeout(session, engine, u
             clock.tick(step)
             resolved = resolve(session, token, settings)
             assert resolved is not None, dt.datetime.now(dt.UTC)
-            sessions.touch(engine, resolved.session, settings=settings)
+            sessions.touch(session, resolved.session, settings=settings)
         clock.move_to(START + absolute - dt.timedelta(seconds=1))
         assert resolve(session, token, settings) is not None
         clock.move_to(START + absolute)
@@ -197,11 +197,11 @@ def test_touch_is_rate_limited_by_the_touch_interval(session, engine, user, sett
     with freeze_time(START) as clock:
         _, record = open_session(session, user, settings)
         clock.tick(dt.timedelta(seconds=settings.session_touch_interval - 1))
-        sessions.touch(engine, record, settings=settings)
+        sessions.touch(session, record, settings=settings)
         session.expire_all()
         assert session.get(LoginSession, record.id).last_seen_at == START
         clock.tick(dt.timedelta(seconds=1))
-        sessions.touch(engine, record, settings=settings)
+        sessions.touch(session, record, settings=settings)
         session.rollback()
         session.expire_all()
         last_seen = session.get(LoginSession, record.id).last_seen_at
@@ -215,7 +215,7 @@ def test_touch_does_not_revive_a_revoked_session(session, engine, user, settings
             sessions.revoke(session, record, reason="logout")
             session.commit()
         clock.tick(dt.timedelta(minutes=5))
-        sessions.touch(engine, record, settings=settings)
+        sessions.touch(session, record, settings=settings)
         session.expire_all()
         assert session.get(LoginSession, record.id).last_seen_at == START
         assert resolve(session, token, settings) is None

@@ -39,6 +39,9 @@ ADMIN_ENDPOINTS = {
     "aaa_admin.revoke_sessions": "aaa:users:write",
     "aaa_admin.unlock": "aaa:users:write",
     "aaa_admin.reset_mfa": "aaa:users:write",
+    "aaa_admin.create_service_account": "aaa:users:write",
+    "aaa_admin.mint_token": "aaa:users:write",
+    "aaa_admin.revoke_token": "aaa:users:write",
 }
 
 #: Fields that would make each POST endpoint change something if it were allowed.
@@ -53,6 +56,9 @@ POST_FIELDS = {
     "aaa_admin.add_permission": {"permission": "notes:read"},
     "aaa_admin.remove_permission": {"permission": "notes:write"},
     "aaa_admin.audit_verify": {},
+    "aaa_admin.create_service_account": {"name": "intruder-bot"},
+    "aaa_admin.mint_token": {"name": "stolen", "scopes": "notes:read"},
+    "aaa_admin.revoke_token": {},
 }
 
 POST_ONLY_PATHS = [
@@ -65,6 +71,9 @@ POST_ONLY_PATHS = [
     "/admin/users/{id}/sessions/revoke",
     "/admin/users/{id}/unlock",
     "/admin/users/{id}/mfa/reset",
+    "/admin/service-accounts",
+    "/admin/users/{id}/tokens",
+    "/admin/tokens/1/revoke",
 ]
 
 
@@ -127,7 +136,7 @@ def admin_urls(app: Flask, user_id: int, role: str = "editor") -> list[tuple[str
         for rule in app.url_map.iter_rules():
             if not rule.endpoint.startswith("aaa_admin."):
                 continue
-            args = {"user_id": user_id, "name": role}
+            args = {"user_id": user_id, "name": role, "token_id": 1}
             url = url_for(rule.endpoint, **{k: args[k] for k in rule.arguments})
             method = "GET" if "GET" in (rule.methods or ()) else "POST"
             out.append((rule.endpoint, method, url))

@@ -235,3 +235,18 @@ def test_tokens_can_be_switched_off(config, make_user):
     app = build_app(config)
     response = app.test_client().get("/api/notes", headers=bearer(tokens.generate("aaa_pat_")))
     assert response.status_code == 401
+
+
+def test_a_token_write_after_the_touch_interval_is_fast_and_recorded(client, writer, mint, db):
+    import time
+
+    with freeze_time("2030-01-01 10:00", tick=True) as clock:
+        secret = mint(writer, ["notes:write"])
+        assert client.post("/api/notes", headers=bearer(secret)).status_code == 201
+        clock.tick(120)
+        began = time.monotonic()
+        assert client.post("/api/notes", headers=bearer(secret)).status_code == 201
+        elapsed = time.monotonic() - began
+    assert elapsed < 2, elapsed
+    token = fresh(db).scalars(select(ApiToken)).one()
+    assert token.last_used_at.minute == 2

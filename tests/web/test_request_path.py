@@ -69,3 +69,29 @@ def test_static_files_cost_no_query_even_when_signed_in(app, client, make_user):
     with count_statements(app) as statements:
         assert client.get("/aaa-static/aaa/aaa.css").status_code == 200
     assert statements == []
+
+
+def test_a_write_after_the_touch_interval_does_not_wait_on_its_own_lock(client, make_user, db):
+    """The first POST of a session after the touch interval records the activity inside its
+    own transaction: on SQLite a second connection would wait on the request's write lock
+    for the whole busy timeout (and then fail)."""
+    import time
+
+    from freezegun import freeze_time
+
+    from flask_aaa.models import LoginSession
+    from tests.conftest import csrf_token, fresh, login
+
+    make_user("alice", roles=["writer"], perms={"writer": ["notes:write"]})
+    with freeze_time("2030-01-01 10:00", tick=True) as clock:
+        login(client, "alice")
+        token = csrf_token(client)
+        clock.tick(120)
+        began = time.monotonic()
+        response = client.post("/notes", data={"csrf_token": token})
+        elapsed = time.monotonic() - began
+        assert response.status_code == 201
+    assert elapsed < 2, elapsed
+    record = fresh(db).query(LoginSession).one()
+    assert record.last_seen_at.year == 2030
+    assert (record.last_seen_at - record.created_at).total_seconds() > 100

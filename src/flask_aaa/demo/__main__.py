@@ -93,11 +93,20 @@ def main() -> None:
     parser.add_argument(
         "--setup-only", action="store_true", help="Create and seed the database, then exit."
     )
+    parser.add_argument(
+        "--no-idp",
+        action="store_true",
+        help="Do not run the development identity provider (on the next port) beside the demo.",
+    )
     args = parser.parse_args()
     # Links in the demo's mail point where the demo listens.
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host  # noqa: S104
     base_url = os.environ.get("FLASK_AAA_DEMO_BASE_URL") or f"http://{host}:{args.port}"
-    app = create_app({"AAA_BASE_URL": base_url})
+    overrides: dict[str, object] = {"AAA_BASE_URL": base_url}
+    idp_issuer = None
+    if not (args.no_idp or args.setup_only):
+        idp_issuer = _start_devidp(base_url, port=args.port + 1, overrides=overrides)
+    app = create_app(overrides)
     with app.app_context():
         credentials = seed()
     folder = demo_dir()
@@ -108,9 +117,36 @@ def main() -> None:
         print(f"  {username:8} {password}   {role}")
     print(f"\nMail: {base_url}/mail  (the demo writes its mail to files instead of sending it)")
     print(f"Data: {folder}  (delete the folder to start over)")
-    print("CLI:  python3 run.py flask --app flask_aaa.demo aaa grant-role carol reader\n")
+    print("CLI:  python3 run.py flask --app flask_aaa.demo aaa grant-role carol reader")
+    if idp_issuer:
+        print(f"IdP:  {idp_issuer}  (DEVELOPMENT ONLY identity provider: 'Sign in with Dev IdP')")
+    print()
     if not args.setup_only:
         app.run(host=args.host, port=args.port, threaded=True)
+
+
+def _start_devidp(base_url: str, *, port: int, overrides: dict[str, object]) -> str | None:
+    """Run the development-only identity provider on 127.0.0.1:``port`` and configure the
+    demo's provider ``devidp`` for it. Without the ``oidc`` extra the demo runs without it."""
+    try:
+        from ..devidp import DevClient, DevIdP
+    except ImportError:
+        print("(Third-party sign-in is off: pip install flask-aaa[oidc] to try it.)")
+        return None
+    secret = secrets.token_urlsafe(24)
+    callback = f"{base_url}/auth/oidc/devidp/callback"
+    idp = DevIdP(clients=[DevClient("notes-demo", secret, (callback,))], allow=True)
+    idp.start("127.0.0.1", port)
+    overrides["AAA_OIDC_PROVIDERS"] = {
+        "devidp": {
+            "issuer": idp.issuer,
+            "client_id": "notes-demo",
+            "client_secret": secret,
+            "label": "Dev IdP",
+        }
+    }
+    overrides["AAA_OIDC_REGISTRATION"] = True
+    return idp.issuer
 
 
 if __name__ == "__main__":

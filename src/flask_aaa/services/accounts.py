@@ -18,12 +18,12 @@ from typing import TypeVar
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from ..config import Settings
 from ..db import utcnow
 from ..errors import AuthenticationFailed, Conflict, InvalidInput
-from ..models import SERVICE, LoginSession, Role, User
+from ..models import PERSON, SERVICE, ExternalIdentity, LoginSession, Passkey, Role, User
 from . import audit, lockout, rbac, sessions
 from .actors import Actor, RequestFacts
 from .passwords import PasswordService
@@ -199,7 +199,7 @@ def _created(user: User | None) -> User:
     return user
 
 
-def _welcome(db: Session, *, settings: Settings, user: User, facts: RequestFacts) -> None:
+def welcome(db: Session, *, settings: Settings, user: User, facts: RequestFacts) -> None:
     """What every self-service sign-up gets: the default role and ``user.registered``."""
     if settings.default_role:
         role = db.scalar(select(Role).where(Role.name == settings.default_role))
@@ -243,7 +243,7 @@ def register(
         email_confirmed=email_confirmed,
     )
     user = _created(user)
-    _welcome(db, settings=settings, user=user, facts=facts)
+    welcome(db, settings=settings, user=user, facts=facts)
     return user
 
 
@@ -271,7 +271,7 @@ def register_quietly(
         hide_taken_email=True,
     )
     if user is not None:
-        _welcome(db, settings=settings, user=user, facts=facts)
+        welcome(db, settings=settings, user=user, facts=facts)
     return user, owner
 
 
@@ -702,3 +702,64 @@ def find_user(db: Session, settings: Settings, name: str) -> User | None:
     return find_by_login(
         db, dataclasses.replace(settings, enable_username=True, enable_email=True), name
     )
+
+
+def has_other_way_in(db: Session, user: User, *, besides: ExternalIdentity | Passkey) -> bool:
+    """Can ``user`` still sign in without ``besides``: with a password, a linked
+    third-party account or a passkey other than it? (The last way in is never removed.)"""
+    if user.password_hash:
+        return True
+    identities = select(ExternalIdentity.id).where(ExternalIdentity.user_id == user.id)
+    passkeys = select(Passkey.id).where(Passkey.user_id == user.id)
+    if isinstance(besides, ExternalIdentity):
+        identities = identities.where(ExternalIdentity.id != besides.id)
+    else:
+        passkeys = passkeys.where(Passkey.id != besides.id)
+    return db.scalar(identities.limit(1)) is not None or db.scalar(passkeys.limit(1)) is not None
+
+
+#: ``User.kind`` values, for filters.
+KINDS = (PERSON, SERVICE)
+
+
+def list_users(
+    db: Session,
+    *,
+    limit: int,
+    after: int | None = None,
+    q: str | None = None,
+    active: bool | None = None,
+    role: str | None = None,
+    kind: str | None = None,
+) -> tuple[list[User], int | None]:
+    """One page of users in id order (keyset pagination): the users and the ``after`` for
+    the next page (None on the last).
+
+    ``q`` matches a part of the username or email, ignoring case (as lookups do); ``role``
+    names a role the user holds directly. Every value is bound as a parameter."""
+    if kind is not None and kind not in KINDS:
+        raise InvalidInput({"kind": f"Use one of {', '.join(KINDS)}."})
+    stmt = select(User).options(selectinload(User.roles)).order_by(User.id)
+    if after is not None:
+        stmt = stmt.where(User.id > after)
+    if q:
+        try:
+            key = _clean(q).casefold()
+        except InvalidInput:
+            raise InvalidInput({"q": "Control characters are not allowed."}) from None
+        stmt = stmt.where(
+            or_(
+                User.username_key.contains(key, autoescape=True),
+                User.email_key.contains(key, autoescape=True),
+            )
+        )
+    if active is not None:
+        stmt = stmt.where(User.active.is_(active))
+    if kind is not None:
+        stmt = stmt.where(User.kind == kind)
+    if role is not None:
+        stmt = stmt.where(User.roles.any(Role.name == role))
+    rows = list(db.scalars(stmt.limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1].id if more and rows else None)

@@ -346,6 +346,9 @@ class AuditFilter:
     ip: str | None = None
     since: dt.datetime | None = None
     until: dt.datetime | None = None
+    #: What was acted on: a type (``user``, ``role``, ...) and, optionally, its id.
+    target_type: str | None = None
+    target_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.outcome is not None and self.outcome not in OUTCOMES:
@@ -381,6 +384,10 @@ class AuditFilter:
             stmt = stmt.where(AuditEvent.ts >= self.since)
         if self.until:
             stmt = stmt.where(AuditEvent.ts <= self.until)
+        if self.target_type:
+            stmt = stmt.where(AuditEvent.target_type == self.target_type)
+        if self.target_id:
+            stmt = stmt.where(AuditEvent.target_id == self.target_id)
         return stmt
 
 
@@ -401,6 +408,13 @@ def query(db: Session, flt: AuditFilter, *, limit: int = 50, before: int | None 
     more = len(rows) > limit
     rows = rows[:limit]
     return Page(rows, rows[-1].seq if more and rows else None)
+
+
+def get(db: Session, flt: AuditFilter, seq: int) -> AuditEvent | None:
+    """The event numbered ``seq`` if it matches ``flt``, else None (so that an event
+    outside a caller's view is indistinguishable from a missing one)."""
+    found: AuditEvent | None = db.scalar(flt.apply(select(AuditEvent)).where(AuditEvent.seq == seq))
+    return found
 
 
 def export_jsonl(db: Session, flt: AuditFilter, *, batch: int = 2_000) -> Iterator[str]:

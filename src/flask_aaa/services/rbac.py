@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import and_, delete, func, insert, not_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from ..errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from ..models import AuthzState, Permission, Role, User, role_permissions, user_roles
@@ -215,6 +215,33 @@ def find_role(db: Session, name: str) -> Role:
 
 def find_permission(db: Session, name: str) -> Permission | None:
     return db.scalar(select(Permission).where(Permission.name == name.strip()))
+
+
+def list_roles(
+    db: Session, *, limit: int, after: str | None = None
+) -> tuple[list[Role], str | None]:
+    """One page of roles in name order (keyset pagination), with their permissions loaded:
+    the roles and the ``after`` for the next page (None on the last)."""
+    stmt = select(Role).options(selectinload(Role.permissions)).order_by(Role.name)
+    if after is not None:
+        stmt = stmt.where(Role.name > after)
+    rows = list(db.scalars(stmt.limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1].name if more and rows else None)
+
+
+def list_permissions(
+    db: Session, *, limit: int, after: str | None = None
+) -> tuple[list[Permission], str | None]:
+    """One page of the known permissions in name order, with the roles holding them."""
+    stmt = select(Permission).options(selectinload(Permission.roles)).order_by(Permission.name)
+    if after is not None:
+        stmt = stmt.where(Permission.name > after)
+    rows = list(db.scalars(stmt.limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1].name if more and rows else None)
 
 
 # -- changes (each audited, none committed) --

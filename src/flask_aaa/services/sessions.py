@@ -12,21 +12,17 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hmac
-import logging
 import secrets
 
-from sqlalchemy import Engine, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ..config import Settings
-from ..db import utcnow, writing
+from ..db import note_activity, utcnow
 from ..errors import NotFound
 from ..models import AuthzState, LoginSession, RememberToken, User
 from . import audit
 from .actors import Actor, RequestFacts, token_digest
-
-_log = logging.getLogger("flask_aaa")
 
 #: Bytes of randomness in a session token (256 bits; ASVS asks for at least 128).
 TOKEN_BYTES = 32
@@ -89,24 +85,21 @@ def resolve(
 
 
 def touch(
-    engine: Engine, record: LoginSession, *, settings: Settings, now: dt.datetime | None = None
+    db: Session, record: LoginSession, *, settings: Settings, now: dt.datetime | None = None
 ) -> None:
-    """Move ``last_seen_at`` forward, at most once per touch interval, in a short transaction
-    of its own (so a read-only request never holds a write lock). Best effort: a failure
-    is logged and the request goes on."""
+    """Move ``last_seen_at`` forward, at most once per touch interval (best effort; see
+    :func:`~flask_aaa.db.note_activity`). A revoked session is never revived."""
     now = now or utcnow()
     if (now - record.last_seen_at).total_seconds() < settings.session_touch_interval:
         return
-    try:
-        with writing(), Session(bind=engine) as own:
-            own.execute(
-                update(LoginSession)
-                .where(LoginSession.id == record.id, LoginSession.revoked_at.is_(None))
-                .values(last_seen_at=now)
-            )
-            own.commit()
-    except SQLAlchemyError as exc:
-        _log.warning("could not record session activity (%s)", type(exc).__name__)
+    note_activity(
+        db,
+        update(LoginSession)
+        .where(LoginSession.id == record.id, LoginSession.revoked_at.is_(None))
+        .values(last_seen_at=now)
+        .execution_options(synchronize_session=False),
+        "session activity",
+    )
 
 
 def revoke(db: Session, record: LoginSession, *, reason: str) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import logging
 import re
 import secrets
 import unicodedata
@@ -24,17 +23,14 @@ import zlib
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ..config import Settings
-from ..db import utcnow, writing
+from ..db import note_activity, utcnow
 from ..errors import Conflict, InvalidInput, NotFound, TokenRejected
 from ..models import ApiToken, AuthzState, User
 from . import audit, rbac
 from .actors import Actor, RequestFacts, token_digest
-
-_log = logging.getLogger("flask_aaa")
 
 #: Scopes for the owner's own account. No role grants them; any token may carry them.
 SELF_SCOPES: dict[str, str] = {
@@ -302,23 +298,20 @@ def authenticate(
 
 
 def touch(db: Session, token: ApiToken, *, settings: Settings, facts: RequestFacts) -> None:
-    """Record when and from where the token was last used, at most once per touch
-    interval, in a short transaction of its own. Best effort."""
+    """Record when and from where the token was last used, at most once per touch interval
+    (best effort; see :func:`~flask_aaa.db.note_activity`)."""
     now = utcnow()
     last = token.last_used_at
     if last is not None and (now - last).total_seconds() < settings.token_touch_interval:
         return
-    engine = db.get_bind()
-    try:
-        with writing(), Session(bind=engine) as own:
-            own.execute(
-                update(ApiToken)
-                .where(ApiToken.id == token.id)
-                .values(last_used_at=now, last_used_ip=facts.ip)
-            )
-            own.commit()
-    except SQLAlchemyError as exc:
-        _log.warning("could not record token use (%s)", type(exc).__name__)
+    note_activity(
+        db,
+        update(ApiToken)
+        .where(ApiToken.id == token.id)
+        .values(last_used_at=now, last_used_ip=facts.ip)
+        .execution_options(synchronize_session=False),
+        "token use",
+    )
 
 
 def tokens_of(db: Session, owner: User) -> Sequence[ApiToken]:

@@ -66,6 +66,20 @@ def json_depth(raw: bytes) -> int:
     return deepest
 
 
+def json_object(allowed: Iterable[str]) -> dict[str, object]:
+    """The request's JSON object body (the same reader and limits as :func:`read_fields`),
+    with only ``allowed`` keys: any other key, or a body that is not JSON, is an
+    :class:`InvalidInput` (an allowlist against mass assignment)."""
+    if not request.is_json:
+        raise InvalidInput({"body": "Send a JSON object (Content-Type: application/json)."})
+    data = _raw()
+    names = set(allowed)
+    unknown = {str(key)[:64]: "Unknown field." for key in data if key not in names}
+    if unknown:
+        raise InvalidInput(unknown)
+    return data
+
+
 def read_fields(names: Iterable[str], *, required: Iterable[str] = ()) -> dict[str, str]:
     """The named fields of the request as strings; ``required`` ones must be non-empty."""
     data = _raw()

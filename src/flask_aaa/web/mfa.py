@@ -51,6 +51,9 @@ SETUP_KEY = "_aaa_mfa_setup"
 #: enabling two-factor authentication needs a recent password check (ASVS 6.4/7.5.1).
 SETUP_TTL = 15 * 60
 
+#: The second-step method name of a passkey (``auth.login.succeeded`` details ``mfa``).
+PASSKEY = "passkey"
+
 #: Endpoints a user who must enrol can still reach (static files are always allowed).
 ENROLMENT_ENDPOINTS = frozenset(
     {"aaa_mfa.setup", "aaa_mfa.enable", "aaa_auth.logout", "aaa_auth.csrf", "aaa_account.reauth"}
@@ -128,20 +131,19 @@ def create_blueprint() -> Blueprint:
         """A TOTP code or a recovery code completes the pending sign-in."""
         if request.method == "GET":
             if wants_json():
+                methods = [otp.TOTP, otp.RECOVERY]
+                if _passkey_offered():
+                    methods.append(PASSKEY)
                 return jsonify(
-                    {
-                        "mfa_required": True,
-                        "methods": [otp.TOTP, otp.RECOVERY],
-                        "csrf_token": generate_csrf(),
-                    }
+                    {"mfa_required": True, "methods": methods, "csrf_token": generate_csrf()}
                 )
-            return render_template("aaa/mfa_verify.html", errors={})
+            return _verify_page({})
         try:
             fields = read_fields(["code"], required=["code"])
         except InvalidInput as exc:
             if wants_json():
                 return _json_error(exc)
-            return Response(render_template("aaa/mfa_verify.html", errors=exc.errors), status=400)
+            return _verify_page(exc.errors, status=400)
         user = cast("User", pending_user())
         data = pending() or {}
         db = db_session()
@@ -190,9 +192,21 @@ def create_blueprint() -> Blueprint:
             body = jsonify({"error": "invalid_code", "message": message, "attempts_left": left})
             body.status_code = 401
             return body
-        return Response(
-            render_template("aaa/mfa_verify.html", errors={"code": message}), status=401
-        )
+        return _verify_page({"code": message}, status=401)
+
+    def _passkey_offered() -> bool:
+        """Is a passkey a way to pass the pending second step (passkeys on, and the pending
+        user has one)?"""
+        user = pending_user()
+        if not settings.passkeys or user is None:
+            return False
+        from ..services import passkeys  # needs the optional webauthn package
+
+        return passkeys.has_passkeys(db_session(), user)
+
+    def _verify_page(errors: dict[str, str], *, status: int = 200) -> Response:
+        page = render_template("aaa/mfa_verify.html", errors=errors, passkey=_passkey_offered())
+        return Response(page, status=status)
 
     # -- status and enrolment --
 

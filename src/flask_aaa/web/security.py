@@ -46,9 +46,11 @@ def own_request() -> bool:
 
 
 def wants_json() -> bool:
-    """JSON for API clients: a bearer token, the JSON API, a JSON body, or an Accept header
-    that prefers JSON."""
+    """JSON for API clients: a bearer token, the JSON API, a view only tokens may call, a
+    JSON body, or an Accept header that prefers JSON."""
     if request.is_json or g.get("_aaa_via") == "token" or request.blueprint == "aaa_api":
+        return True
+    if not accepts_sessions():
         return True
     # Unrouted paths (404, 405) below the API's prefix have no blueprint, but are the API's.
     prefix = state().settings.api_url_prefix
