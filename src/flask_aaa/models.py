@@ -75,6 +75,30 @@ PERSON = "person"
 SERVICE = "service"
 
 
+#: A role inherits every permission of its parents (and, transitively, of theirs).
+role_parents = Table(
+    "aaa_role_parents",
+    Base.metadata,
+    Column("role_id", ForeignKey("aaa_roles.id", ondelete="CASCADE"), primary_key=True),
+    Column(
+        "parent_id", ForeignKey("aaa_roles.id", ondelete="CASCADE"), primary_key=True, index=True
+    ),
+)
+
+#: Permissions granted to a user directly, beside those of their roles.
+user_permissions = Table(
+    "aaa_user_permissions",
+    Base.metadata,
+    Column("user_id", ForeignKey("aaa_users.id", ondelete="CASCADE"), primary_key=True),
+    Column(
+        "permission_id",
+        ForeignKey("aaa_permissions.id", ondelete="CASCADE"),
+        primary_key=True,
+        index=True,
+    ),
+)
+
+
 class User(Base):
     """A person, or a service account, that can authenticate.
 
@@ -118,6 +142,10 @@ class User(Base):
 
     roles: Mapped[list[Role]] = relationship(
         secondary=user_roles, back_populates="users", order_by="Role.name"
+    )
+    #: Permissions held directly (not through a role).
+    permissions: Mapped[list[Permission]] = relationship(
+        secondary=user_permissions, order_by="Permission.name"
     )
 
     # Set by the web layer for the signed-in user: the raw session id (Flask-Login stores
@@ -192,6 +220,21 @@ class Role(Base):
     permissions: Mapped[list[Permission]] = relationship(
         secondary=role_permissions, back_populates="roles", order_by="Permission.name"
     )
+    #: The roles this one inherits from (their permissions are this role's too).
+    parents: Mapped[list[Role]] = relationship(
+        secondary=role_parents,
+        primaryjoin=lambda: Role.id == role_parents.c.role_id,
+        secondaryjoin=lambda: Role.id == role_parents.c.parent_id,
+        back_populates="children",
+        order_by="Role.name",
+    )
+    children: Mapped[list[Role]] = relationship(
+        secondary=role_parents,
+        primaryjoin=lambda: Role.id == role_parents.c.parent_id,
+        secondaryjoin=lambda: Role.id == role_parents.c.role_id,
+        back_populates="parents",
+        order_by="Role.name",
+    )
 
     def __repr__(self) -> str:
         return f"<Role {self.name!r}>"
@@ -233,8 +276,14 @@ class LoginSession(Base):
     reauthenticated_at: Mapped[dt.datetime | None]
     #: The user's privileges changed: the next request gets a new session id.
     rotate_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: Set when an administrator acts as this session's user (impersonation): who, and why.
+    impersonator_id: Mapped[int | None] = mapped_column(
+        ForeignKey("aaa_users.id", ondelete="CASCADE"), index=True
+    )
+    impersonation_reason: Mapped[str | None] = mapped_column(String(255))
 
-    user: Mapped[User] = relationship()
+    user: Mapped[User] = relationship(foreign_keys=[user_id])
+    impersonator: Mapped[User | None] = relationship(foreign_keys=[impersonator_id])
 
     @property
     def is_revoked(self) -> bool:
