@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import getpass
+import json
 import secrets
 import sys
 from collections.abc import Callable
@@ -328,10 +329,17 @@ def create_role(name: str, description: str, permissions: tuple[str, ...]) -> No
 @aaa_cli.command("list-roles")
 @reading
 def list_roles() -> None:
-    """List roles with their permissions."""
-    rows = _db().scalars(select(Role).order_by(Role.name).options(selectinload(Role.permissions)))
+    """List roles: name, own permissions, and the roles each inherits from."""
+    rows = _db().scalars(
+        select(Role)
+        .order_by(Role.name)
+        .options(selectinload(Role.permissions), selectinload(Role.parents))
+    )
     for role in rows:
-        click.echo(f"{role.name}\t{' '.join(p.name for p in role.permissions) or '-'}")
+        line = f"{role.name}\t{' '.join(p.name for p in role.permissions) or '-'}"
+        if role.parents:
+            line += f"\tinherits {' '.join(r.name for r in role.parents)}"
+        click.echo(line)
 
 
 @aaa_cli.command("grant-role")
@@ -400,6 +408,86 @@ def revoke_permission(role: str, permission: str) -> None:
     )
 
 
+@aaa_cli.command("inherit")
+@click.argument("role")
+@click.argument("parent")
+@click.option("--remove", is_flag=True, help="Stop inheriting instead.")
+@transactional
+def inherit(role: str, parent: str, remove: bool) -> None:
+    """Make ROLE inherit every permission of PARENT (or, with --remove, stop)."""
+    db = _db()
+    child, ancestor = rbac.find_role(db, role), rbac.find_role(db, parent)
+    change = rbac.remove_parent if remove else rbac.add_parent
+    changed = change(db, actor=_actor(), role=child, parent=ancestor, facts=_facts())
+    if remove:
+        click.echo(f"{role} no longer inherits from {parent}." if changed else "Nothing to do.")
+    else:
+        click.echo(f"{role} now inherits from {parent}." if changed else "Nothing to do.")
+
+
+@aaa_cli.command("delete-role")
+@click.argument("role")
+@transactional
+def delete_role(role: str) -> None:
+    """Delete ROLE: its users lose it, roles inheriting from it stop doing so."""
+    rbac.delete_role(_db(), actor=_actor(), role=rbac.find_role(_db(), role), facts=_facts())
+    click.echo(f"Deleted role {role}.")
+
+
+@aaa_cli.command("grant-user-permission")
+@click.argument("user")
+@click.argument("permission")
+@transactional
+def grant_user_permission(user: str, permission: str) -> None:
+    """Give PERMISSION to USER directly, outside any role."""
+    subject = _user(user)
+    changed = rbac.grant_permission(
+        _db(), actor=_actor(), user=subject, permission=permission, facts=_facts()
+    )
+    click.echo(
+        f"Granted {permission} to {subject.label}."
+        if changed
+        else f"{subject.label} already has {permission} directly."
+    )
+
+
+@aaa_cli.command("revoke-user-permission")
+@click.argument("user")
+@click.argument("permission")
+@transactional
+def revoke_user_permission(user: str, permission: str) -> None:
+    """Take a directly granted PERMISSION from USER (their roles are not touched)."""
+    subject = _user(user)
+    changed = rbac.revoke_permission(
+        _db(), actor=_actor(), user=subject, permission=permission, facts=_facts()
+    )
+    click.echo(
+        f"Revoked {permission} from {subject.label}."
+        if changed
+        else f"{subject.label} has no direct {permission}."
+    )
+
+
+@aaa_cli.command("explain")
+@click.argument("user")
+@click.argument("permission")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@reading
+def explain(user: str, permission: str, as_json: bool) -> None:
+    """Say whether USER may use PERMISSION, through which role and inheritance path, or
+    what is missing. Exits with status 3 when denied."""
+    answer = rbac.explain(_db(), _user(user), permission)
+    if as_json:
+        click.echo(json.dumps(answer.as_dict(), indent=2))
+    else:
+        click.echo(f"{'ALLOWED' if answer.allowed else 'DENIED'}: {answer.user} {permission}")
+        click.echo(f"  {answer.reason}")
+        for grant in answer.grants[1:]:
+            click.echo(f"  also: {grant.describe()}")
+    if not answer.allowed:
+        sys.exit(3)
+
+
 @aaa_cli.command("routes")
 def routes() -> None:
     """List endpoints and how each is guarded (deny-by-default closes the unguarded ones)."""
@@ -412,6 +500,25 @@ def routes() -> None:
         static = rule.endpoint == "static" or rule.endpoint.endswith(".static")
         guard = "static" if static else getattr(view, GUARD_ATTR, None) or "UNGUARDED"
         click.echo(f"{guard:12}{rule.rule}  ({rule.endpoint})")
+
+
+@aaa_cli.command("check")
+def check_app() -> None:
+    """Check the views: every rule they name is registered, every endpoint declares @public
+    or a requirement. Exit 1 and list what is wrong (for CI)."""
+    from flask import current_app
+
+    from .web.checks import check_app as run_check
+
+    report = run_check(current_app)
+    for endpoint, name in report.unknown_rules:
+        click.echo(f"UNKNOWN RULE  {name!r} named by view {endpoint}")
+    mode = "closed (deny by default)" if state().settings.deny_by_default else "OPEN"
+    for endpoint in report.unguarded:
+        click.echo(f"UNGUARDED     {endpoint}: {mode}")
+    if report.unknown_rules or report.unguarded:
+        sys.exit(1)
+    click.echo("OK: every endpoint declares @public or a requirement; every rule is known.")
 
 
 # -- audit --

@@ -194,7 +194,7 @@ class User(Base):
         if self._aaa_grants is None:
             from .services.rbac import Grants
 
-            self._aaa_grants = Grants.from_roles(self.roles)
+            self._aaa_grants = Grants.of_user(self)
         return self._aaa_grants
 
     def has_role(self, *names: str) -> bool:

@@ -215,7 +215,10 @@ def test_Z02_user_without_roles_assign_cannot_grant_a_role(session, engine, worl
     [denied] = events(engine, "authz.denied")
     assert (denied.actor_id, denied.outcome, denied.ip) == (mallory.id, "denied", FACTS.ip)
     assert denied.target_id == str(mallory.id)
-    assert json.loads(denied.details) == {"requirement": rbac.ASSIGN_ROLES}
+    assert json.loads(denied.details) == {
+        "requirement": rbac.ASSIGN_ROLES,
+        "reason": "denied: no role and no direct grant covers aaa:roles:assign",
+    }
     assert all(json.loads(e.details)["role"] != "admin" for e in events(engine, "role.granted"))
     assert rbac.current_version(session) == version
 

@@ -717,7 +717,7 @@ def test_inviting_needs_the_permission(session, engine, settings, passwords):
         facts=FACTS,
     )
     [denied] = events(engine, "authz.denied")
-    assert details(denied) == {"requirement": recovery.INVITE_USERS}
+    assert details(denied)["requirement"] == recovery.INVITE_USERS
     assert session.scalar(select(func.count()).select_from(OneTimeToken)) == 0
 
 
