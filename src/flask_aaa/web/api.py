@@ -257,6 +257,8 @@ def role_json(role: Role) -> dict[str, Any]:
         "name": role.name,
         "description": role.description,
         "permissions": sorted(p.name for p in role.permissions),
+        "parents": [r.name for r in role.parents],
+        "effective_permissions": rbac.effective_permissions(role),
         "created_at": iso(role.created_at),
     }
 
@@ -438,7 +440,13 @@ def create_blueprint() -> Blueprint:
         query_args(())
         subject = user_by_id(user_id)
         live = sessions.live_sessions(db_session(), subject)
-        return jsonify({**user_json(subject), "live_sessions": len(live)})
+        return jsonify(
+            {
+                **user_json(subject),
+                "live_sessions": len(live),
+                "direct_permissions": [p.name for p in subject.permissions],
+            }
+        )
 
     @bp.patch(f"/users/{_ID.format('user_id')}")
     @admin(rbac.MANAGE_USERS)
@@ -607,6 +615,79 @@ def create_blueprint() -> Blueprint:
         )
         db.commit()
         return no_content()
+
+    @bp.put("/roles/<name>/parents/<parent>")
+    @admin(rbac.MANAGE_ROLES)
+    def add_parent(name: str, parent: str) -> Any:
+        db = db_session()
+        found = role_named(name)
+        rbac.add_parent(
+            db, actor=current_actor(), role=found, parent=role_named(parent), facts=request_facts()
+        )
+        db.commit()
+        return jsonify(role_json(found))
+
+    @bp.delete("/roles/<name>/parents/<parent>")
+    @admin(rbac.MANAGE_ROLES)
+    def remove_parent(name: str, parent: str) -> Any:
+        db = db_session()
+        rbac.remove_parent(
+            db,
+            actor=current_actor(),
+            role=role_named(name),
+            parent=role_named(parent),
+            facts=request_facts(),
+        )
+        db.commit()
+        return no_content()
+
+    @bp.delete("/roles/<name>")
+    @admin(rbac.MANAGE_ROLES)
+    def delete_role(name: str) -> Any:
+        db = db_session()
+        rbac.delete_role(db, actor=current_actor(), role=role_named(name), facts=request_facts())
+        db.commit()
+        return no_content()
+
+    @bp.put(f"/users/{_ID.format('user_id')}/permissions/<permission>")
+    @admin(rbac.ASSIGN_ROLES)
+    def grant_user_permission(user_id: int, permission: str) -> Any:
+        db = db_session()
+        subject = user_by_id(user_id)
+        rbac.grant_permission(
+            db,
+            actor=current_actor(),
+            user=subject,
+            permission=exact(permission, rbac.validate_permission_name, "permission"),
+            facts=request_facts(),
+        )
+        db.commit()
+        return jsonify(user_json(subject))
+
+    @bp.delete(f"/users/{_ID.format('user_id')}/permissions/<permission>")
+    @admin(rbac.ASSIGN_ROLES)
+    def revoke_user_permission(user_id: int, permission: str) -> Any:
+        db = db_session()
+        rbac.revoke_permission(
+            db,
+            actor=current_actor(),
+            user=user_by_id(user_id),
+            permission=exact(permission, rbac.validate_permission_name, "permission"),
+            facts=request_facts(),
+        )
+        db.commit()
+        return no_content()
+
+    @bp.get("/explain")
+    @admin(rbac.READ_USERS)
+    def explain() -> Any:
+        """May this user use this permission, and why (or what is missing)?"""
+        args = query_args(("user", "permission"))
+        user_id = int_arg(args, "user")
+        if user_id is None or "permission" not in args:
+            raise InvalidInput({"user": "Give user (an id) and permission."})
+        permission = exact(args["permission"], rbac.validate_permission_name, "permission")
+        return jsonify(rbac.explain(db_session(), user_by_id(user_id), permission).as_dict())
 
     @bp.get("/permissions")
     @admin(rbac.READ_USERS)

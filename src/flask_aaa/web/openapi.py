@@ -98,7 +98,26 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             required=("error", "message"),
         ),
         "User": _object(user),
-        "UserDetail": _object({**user, "live_sessions": {"type": "integer", "minimum": 0}}),
+        "UserDetail": _object(
+            {
+                **user,
+                "live_sessions": {"type": "integer", "minimum": 0},
+                "direct_permissions": _strings(),
+            }
+        ),
+        "Explanation": _object(
+            {
+                "user": {"type": "string"},
+                "permission": {"type": "string"},
+                "allowed": {"type": "boolean"},
+                "reason": {"type": "string"},
+                "grants": {
+                    "type": "array",
+                    "items": _object({"via": _strings(), "grant": {"type": "string"}}),
+                },
+                "near": _strings(),
+            }
+        ),
         "Me": _object(
             {
                 **user,
@@ -168,6 +187,8 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 "name": {"type": "string"},
                 "description": {"type": "string"},
                 "permissions": _strings(),
+                "parents": _strings(),
+                "effective_permissions": _strings(),
                 "created_at": _nullable("string"),
             }
         ),
@@ -447,6 +468,34 @@ def _operations(settings: Settings) -> dict[str, dict[str, Any]]:
     p.add("delete", "/roles/{name}/permissions/{permission}", "removePermission",
           "Take a permission from a role", tag="roles", scope="aaa:roles:write", ok="204",
           params=[role_name, permission])  # fmt: skip
+    parent = _name_param("parent", _ROLE_PATTERN, 64)
+    p.add("put", "/roles/{name}/parents/{parent}", "addParent",
+          "Make a role inherit from another", tag="roles", scope="aaa:roles:write", ok="200",
+          schema="Role", params=[role_name, parent],
+          description="The role gains every permission of the parent and of what the parent "
+          "inherits. A cycle is a 400; extending a role with permissions one lacks, a 403."
+          )  # fmt: skip
+    p.add("delete", "/roles/{name}/parents/{parent}", "removeParent",
+          "Stop a role inheriting from another", tag="roles", scope="aaa:roles:write",
+          ok="204", params=[role_name, parent])  # fmt: skip
+    p.add("delete", "/roles/{name}", "deleteRole", "Delete a role", tag="roles",
+          scope="aaa:roles:write", ok="204", params=[role_name],
+          description="Its users lose it; roles inheriting from it stop doing so. Refused "
+          "(409) if it would leave nobody with full administration.")  # fmt: skip
+    p.add("put", "/users/{user_id}/permissions/{permission}", "grantUserPermission",
+          "Grant a permission to a user directly", tag="users", scope="aaa:roles:assign",
+          ok="200", schema="User", params=[user_id, permission])  # fmt: skip
+    p.add("delete", "/users/{user_id}/permissions/{permission}", "revokeUserPermission",
+          "Revoke a directly granted permission", tag="users", scope="aaa:roles:assign",
+          ok="204", params=[user_id, permission])  # fmt: skip
+    p.add("get", "/explain", "explain", "May a user use a permission, and why", tag="roles",
+          scope="aaa:users:read", ok="200", schema="Explanation", not_found=True,
+          params=[
+              {"name": "user", "in": "query", "required": True, "description": "User id.",
+               "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_ID}},
+              {"name": "permission", "in": "query", "required": True,
+               "schema": {"type": "string", "pattern": _PERMISSION_PATTERN, "maxLength": 128}},
+          ])  # fmt: skip
     p.add("get", "/permissions", "listPermissions", "Known permissions", tag="roles",
           scope="aaa:users:read", ok="200", schema="PermissionPage", params=paging)  # fmt: skip
 
