@@ -52,6 +52,17 @@ DEFAULTS: dict[str, Any] = {
     "PASSWORD_MAX_LENGTH": 256,
     #: Refuse passwords found on the shipped list of 30,000 common passwords.
     "PASSWORD_CHECK_COMMON": True,
+    #: Also refuse new passwords found in known data breaches, asking a k-anonymity range
+    #: service (Have I Been Pwned's Pwned Passwords): only the first 5 hex characters of the
+    #: password's SHA-1 leave the server.
+    "PASSWORD_BREACH_CHECK": False,
+    #: The range service's URL; the 5-character prefix is appended.
+    "PASSWORD_BREACH_URL": "https://api.pwnedpasswords.com/range/",
+    #: Seconds to wait for the range service.
+    "PASSWORD_BREACH_TIMEOUT": 3.0,
+    #: When the range service cannot be reached: accept the password (and log a warning), or
+    #: refuse the change with a 503 until it is back.
+    "PASSWORD_BREACH_FAIL_OPEN": True,
     #: Idle timeout of a login session, in seconds.
     "SESSION_IDLE_TIMEOUT": 30 * 60,
     #: Absolute lifetime of a login session, in seconds, however active it is.
@@ -110,6 +121,9 @@ DEFAULTS: dict[str, Any] = {
     "PASSWORD_MIN_LENGTH_MFA": 8,
     #: Seconds a password confirmation ("re-authentication") stays fresh for sensitive actions.
     "REAUTH_WINDOW": 5 * 60,
+    #: Longest time, in minutes, an administrator may act as another user in one go
+    #: (impersonation). The impersonation session ends then, however active it is.
+    "IMPERSONATION_MINUTES": 30,
     #: Largest request body (bytes) the library's own endpoints accept.
     "MAX_BODY_SIZE": 64 * 1024,
     #: Mount point of the authentication pages (login, logout, register, password).
@@ -188,6 +202,7 @@ _POSITIVE = (
     "remember_days",
     "mfa_max_attempts",
     "reauth_window",
+    "impersonation_minutes",
     "token_default_days",
     "token_max_days",
     "token_limit_per_user",
@@ -221,6 +236,10 @@ class Settings:
     password_min_length: int
     password_max_length: int
     password_check_common: bool
+    password_breach_check: bool
+    password_breach_url: str
+    password_breach_timeout: float
+    password_breach_fail_open: bool
     session_idle_timeout: int
     session_absolute_timeout: int
     session_touch_interval: int
@@ -248,6 +267,7 @@ class Settings:
     mfa_max_attempts: int
     password_min_length_mfa: int
     reauth_window: int
+    impersonation_minutes: int
     max_body_size: int
     auth_url_prefix: str
     account_url_prefix: str
@@ -398,6 +418,10 @@ class Settings:
             )
         if self.password_max_length < max(64, self.password_min_length):
             raise ConfigurationError("AAA_PASSWORD_MAX_LENGTH must allow at least 64 characters")
+        if not self.password_breach_url.startswith(("https://", "http://")):
+            raise ConfigurationError("AAA_PASSWORD_BREACH_URL must be an http(s) URL")
+        if self.password_breach_timeout <= 0:
+            raise ConfigurationError("AAA_PASSWORD_BREACH_TIMEOUT must be positive")
         if self.password_hash_wait < 0:
             raise ConfigurationError("AAA_PASSWORD_HASH_WAIT must not be negative")
         if not 1 <= self.lockout_threshold <= 100:

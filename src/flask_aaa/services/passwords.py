@@ -13,9 +13,13 @@ passwords built from the account's own name.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.resources
+import logging
 import threading
 import unicodedata
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
 
 from pwdlib import PasswordHash
@@ -25,6 +29,11 @@ from pwdlib.hashers.bcrypt import BcryptHasher
 
 from ..config import Settings
 from ..errors import InvalidInput, ServiceUnavailable
+
+_log = logging.getLogger("flask_aaa")
+
+#: Largest range answer read (a padded answer is well under 100 KiB).
+_BREACH_MAX_BYTES = 1024 * 1024
 
 #: bcrypt only ever looked at the first 72 bytes. Legacy hashes are checked the same way
 #: (that is how they were made); every new hash is argon2id over the whole password.
@@ -100,6 +109,10 @@ class PasswordService:
         folded = password.casefold()
         if self.settings.password_check_common and folded.strip() in common_passwords():
             raise InvalidInput({"password": "This password is too common. Choose another."})
+        if self.settings.password_breach_check and self.breached(password):
+            raise InvalidInput(
+                {"password": "This password appears in known data breaches. Choose another."}
+            )
         words = [self.settings.app_name, *identifiers]
         for word in words:
             if not word:
@@ -112,6 +125,36 @@ class PasswordService:
                         {"password": "Do not use your name, email or the app's name in it."}
                     )
         return password
+
+    def breached(self, password: str) -> bool:
+        """Is ``password`` in the breach corpus? k-anonymity: only the first 5 hex characters
+        of its SHA-1 are sent; the answer lists every known suffix with that prefix (padded
+        with decoys) and the match is made here. An unreachable service is logged and counts
+        as "not breached" (``AAA_PASSWORD_BREACH_FAIL_OPEN``) or is a 503."""
+        digest = hashlib.sha1(password.encode("utf-8"), usedforsecurity=False).hexdigest().upper()
+        prefix, suffix = digest[:5], digest[5:]
+        request = urllib.request.Request(  # noqa: S310 (the URL is the app's own setting)
+            self.settings.password_breach_url + prefix,
+            headers={"Add-Padding": "true", "User-Agent": "flask-aaa"},
+        )
+        try:
+            with urllib.request.urlopen(  # noqa: S310
+                request, timeout=self.settings.password_breach_timeout
+            ) as answer:
+                body = answer.read(_BREACH_MAX_BYTES + 1)
+        except (OSError, urllib.error.URLError) as exc:
+            if self.settings.password_breach_fail_open:
+                _log.warning("password breach check unavailable (%s): accepted", type(exc).__name__)
+                return False
+            raise ServiceUnavailable(retry_after=30) from None
+        if len(body) > _BREACH_MAX_BYTES:
+            _log.warning("password breach check answer too large: ignored")
+            return False
+        for line in body.decode("ascii", "replace").splitlines():
+            found, _, count = line.strip().partition(":")
+            if found == suffix and count.strip() not in ("", "0"):
+                return True
+        return False
 
     # -- hashing --
 
