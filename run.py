@@ -4,6 +4,8 @@
 python3 run.py demo      start the demo application (SQLite, seeded, on 127.0.0.1:5000)
 python3 run.py test      run the whole test suite (extra arguments go to pytest)
 python3 run.py lint      ruff (lint and format check) and mypy --strict
+python3 run.py bench     benchmarks against the peers (bench/.venv; writes bench/RESULTS.md);
+                         --short for a quick look, --help for the options
 python3 run.py flask ... the flask command in the environment, e.g.
                          python3 run.py flask --app flask_aaa.demo aaa list-users
 """
@@ -44,10 +46,14 @@ def run(*args: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"demo", "test", "lint", "flask"}:
+    if not argv or argv[0] not in {"demo", "test", "lint", "flask", "bench"}:
         print(__doc__)
         return 2
     command, rest = argv[0], argv[1:]
+    if command == "bench":
+        from bench.environment import ensure
+
+        return run(str(ensure()), "-m", "bench", *rest)
     ensure_environment()
     if command == "demo":
         return run(str(PYTHON), "-m", "flask_aaa.demo", *rest)

@@ -71,6 +71,21 @@ class PermissionDenied(AAAError):
         self.requirement = requirement
 
 
+class ImpersonationForbidden(PermissionDenied):
+    """The action is refused while an administrator acts as another user: credentials,
+    sessions, tokens and administration are never changed through someone else's login."""
+
+    code = "impersonation_forbidden"
+    status = 403
+
+    def __init__(self, what: str = "this action") -> None:
+        super().__init__(
+            "not while impersonating",
+            f"You are acting as another user: {what} is not allowed. Return to your own "
+            "account first.",
+        )
+
+
 class RegistrationClosed(AAAError):
     """Self-service registration is switched off (``AAA_ENABLE_REGISTRATION = False``)."""
 

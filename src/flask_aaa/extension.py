@@ -9,6 +9,7 @@ one ``AAA`` object can serve several apps.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Flask, g
@@ -24,7 +25,21 @@ from .errors import ConfigurationError, LoginRequired
 from .models import Base, User
 from .services import rbac, sessions
 from .services.passwords import PasswordService
-from .web import account, admin, api, auth, bearer, mail, mfa, recovery, security, signin
+from .services.rules import Check, Rule, Rules, Where
+from .web import (
+    account,
+    admin,
+    api,
+    auth,
+    bearer,
+    checks,
+    impersonation,
+    mail,
+    mfa,
+    recovery,
+    security,
+    signin,
+)
 from .web.context import AnonymousUser, current_user, state
 from .web.decorators import GUARD_ATTR
 
@@ -40,6 +55,10 @@ class AAAState:
     csrf: CSRFProtect
     login_manager: LoginManager
     grants: rbac.GrantsCache
+    #: The object-level rules views and queries name (shared by the apps of one ``AAA``).
+    rules: Rules
+    #: The start-up check (``web/checks.py``) has passed for this app.
+    checked: bool = False
 
 
 class AAA:
@@ -51,8 +70,19 @@ class AAA:
 
     def __init__(self, app: Flask | None = None, db: SQLAlchemy | None = None) -> None:
         self.db = db if db is not None else SQLAlchemy(model_class=Base)
+        #: The object-level rules, by name; ``owner`` (on ``owner_id``) is there already.
+        self.rules = Rules.with_defaults()
         if app is not None:
             self.init_app(app)
+
+    def rule(self, name: str, *, where: Where | None = None) -> Callable[[Check], Rule]:
+        """Register the decorated predicate ``(user, obj) -> bool`` as the rule ``name``;
+        ``where(user, Model)`` is its SQL form, needed to filter queries with it."""
+
+        def decorator(check: Check) -> Rule:
+            return self.rules.register(name, check, where=where)
+
+        return decorator
 
     def init_app(self, app: Flask) -> None:
         settings = Settings.from_config(app.config, debug=app.debug, testing=app.testing)
@@ -83,6 +113,7 @@ class AAA:
             csrf=csrf,
             login_manager=login_manager,
             grants=rbac.GrantsCache(),
+            rules=self.rules,
         )
         security.install(app, settings)
         # Right after the first hook (write intent, request id): a bearer token replaces the
@@ -91,12 +122,15 @@ class AAA:
         if app.config.get("WTF_CSRF_CHECK_DEFAULT", True):
             app.config["WTF_CSRF_CHECK_DEFAULT"] = False  # Flask-WTF's own hook stands down
             app.before_request_funcs[None].insert(2, bearer.csrf_protect)
-        # Before any guard runs: restore a remembered sign-in, rotate a session whose
+        # Before any guard runs: limit a browser acting as another user (and return it to its
+        # administrator when that ends), restore a remembered sign-in, rotate a session whose
         # privileges changed.
+        app.before_request(impersonation.guard)
         if settings.remember_me:
             app.before_request(signin.restore_from_remember)
             app.after_request(signin.after_request)
         app.before_request(signin.rotate_if_due)
+        app.before_request(checks.check_on_first_request)
         if settings.deny_by_default:
             app.before_request(_deny_unguarded)
 
@@ -119,6 +153,7 @@ class AAA:
             app.register_blueprint(api.create_blueprint(), url_prefix=settings.api_url_prefix)
             # Its routes carry the auth and account prefixes themselves.
             app.register_blueprint(mfa.create_blueprint())
+            app.register_blueprint(impersonation.create_blueprint())
             if settings.passkeys:
                 # Imported only when on: it needs the optional webauthn package. Its routes
                 # carry the auth and account prefixes themselves too.

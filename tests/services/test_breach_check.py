@@ -35,7 +35,7 @@ class RangeService:
         service = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            def do_GET(self) -> None:
                 service.paths.append(self.path)
                 service.headers.append(dict(self.headers))
                 time.sleep(delay)

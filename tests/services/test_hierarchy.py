@@ -3,6 +3,7 @@ every path, and explain: which role (and which inheritance path) decides, or wha
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -16,7 +17,7 @@ from flask_aaa.errors import Conflict, InvalidInput, PermissionDenied
 from flask_aaa.models import Role, User
 from flask_aaa.services import rbac
 from flask_aaa.services.actors import Actor
-from tests.services.test_rbac import FACTS, events, world  # noqa: F401 (fixture)
+from tests.services.test_rbac import FACTS, events
 
 pytestmark = pytest.mark.usefixtures("world")
 
@@ -66,7 +67,7 @@ def test_inheritance_is_one_way(session, world):
 @pytest.mark.parametrize("length", [1, 2, 4])
 def test_cycles_are_refused_with_the_path(session, world, length):
     roles = [world.role(f"r{i}", f"p:{i}") for i in range(length)]
-    for child, parent in zip(roles, roles[1:], strict=False):
+    for child, parent in itertools.pairwise(roles):
         inherit(session, child, parent)
     with pytest.raises(InvalidInput) as caught:
         inherit(session, roles[-1], roles[0])

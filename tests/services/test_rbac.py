@@ -13,42 +13,11 @@ from sqlalchemy.orm import Session
 from flask_aaa.db import writing
 from flask_aaa.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from flask_aaa.models import AuditEvent, Role, User
-from flask_aaa.services import accounts, rbac
+from flask_aaa.services import rbac
 from flask_aaa.services.actors import Actor, RequestFacts
-from tests.conftest import PASSWORD, SYSTEM
+from tests.conftest import SYSTEM
 
 FACTS = RequestFacts(ip="192.0.2.44", request_id="rbac")
-
-
-@pytest.fixture
-def world(session, settings, passwords):
-    """A small world, committed: helpers to make users and roles in ``session``."""
-
-    class World:
-        def user(self, name: str, *roles: Role) -> User:
-            with writing():
-                user = accounts.create_user(
-                    session,
-                    actor=SYSTEM,
-                    settings=settings,
-                    passwords=passwords,
-                    username=name,
-                    email=f"{name}@example.org",
-                    password=PASSWORD,
-                    roles=roles,
-                )
-                session.commit()
-            return user
-
-        def role(self, name: str, *permissions: str) -> Role:
-            with writing():
-                role = rbac.create_role(session, actor=SYSTEM, name=name)
-                for permission in permissions:
-                    rbac.add_permission(session, actor=SYSTEM, role=role, permission=permission)
-                session.commit()
-            return role
-
-    return World()
 
 
 def events(engine, action: str) -> list[AuditEvent]:

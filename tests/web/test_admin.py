@@ -42,6 +42,18 @@ ADMIN_ENDPOINTS = {
     "aaa_admin.create_service_account": "aaa:users:write",
     "aaa_admin.mint_token": "aaa:users:write",
     "aaa_admin.revoke_token": "aaa:users:write",
+    "aaa_admin.dashboard": "aaa:audit:read",
+    "aaa_admin.create_user": "aaa:users:write",
+    "aaa_admin.grant_permission": "aaa:roles:assign",
+    "aaa_admin.revoke_permission": "aaa:roles:assign",
+    "aaa_admin.revoke_session": "aaa:users:write",
+    "aaa_admin.role_detail": "aaa:users:read",
+    "aaa_admin.add_parent": "aaa:roles:write",
+    "aaa_admin.remove_parent": "aaa:roles:write",
+    "aaa_admin.delete_role": "aaa:roles:write",
+    "aaa_admin.permissions": "aaa:users:read",
+    "aaa_admin.explain": "aaa:users:read",
+    "aaa_admin.audit_event": "aaa:audit:read",
 }
 
 #: Fields that would make each POST endpoint change something if it were allowed.
@@ -59,6 +71,13 @@ POST_FIELDS = {
     "aaa_admin.create_service_account": {"name": "intruder-bot"},
     "aaa_admin.mint_token": {"name": "stolen", "scopes": "notes:read"},
     "aaa_admin.revoke_token": {},
+    "aaa_admin.create_user": {"username": "intruder", "password": "plum-harbor-violin-42"},
+    "aaa_admin.grant_permission": {"permission": "*"},
+    "aaa_admin.revoke_permission": {"permission": "notes:read"},
+    "aaa_admin.revoke_session": {},
+    "aaa_admin.add_parent": {"parent": "admin"},
+    "aaa_admin.remove_parent": {"parent": "admin"},
+    "aaa_admin.delete_role": {"confirm": "editor"},
 }
 
 POST_ONLY_PATHS = [
@@ -74,6 +93,13 @@ POST_ONLY_PATHS = [
     "/admin/service-accounts",
     "/admin/users/{id}/tokens",
     "/admin/tokens/1/revoke",
+    "/admin/users",
+    "/admin/users/{id}/permissions",
+    "/admin/users/{id}/permissions/revoke",
+    "/admin/users/{id}/sessions/1/revoke",
+    "/admin/roles/editor/parents",
+    "/admin/roles/editor/parents/remove",
+    "/admin/roles/editor/delete",
 ]
 
 
@@ -136,7 +162,7 @@ def admin_urls(app: Flask, user_id: int, role: str = "editor") -> list[tuple[str
         for rule in app.url_map.iter_rules():
             if not rule.endpoint.startswith("aaa_admin."):
                 continue
-            args = {"user_id": user_id, "name": role, "token_id": 1}
+            args = {"user_id": user_id, "name": role, "token_id": 1, "session_id": 1, "seq": 1}
             url = url_for(rule.endpoint, **{k: args[k] for k in rule.arguments})
             method = "GET" if "GET" in (rule.methods or ()) else "POST"
             out.append((rule.endpoint, method, url))

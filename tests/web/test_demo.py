@@ -182,3 +182,31 @@ def test_the_quick_start_entry_point_seeds_and_prints_how_to_sign_in(tmp_path):
         check=False,
     )
     assert again.returncode == 0 and again.stdout.count("alice") == result.stdout.count("alice")
+
+
+def test_an_author_edits_only_his_own_notes_and_an_editor_anyones(demo):
+    app, passwords = demo
+    dave = app.test_client()
+    sign_in(dave, "dave", passwords["dave"])
+    token = form_token(dave.get("/notes").get_data(as_text=True))
+    fields = {"title": "Dave's", "body": "draft", "csrf_token": token}
+    assert dave.post("/notes", data=fields).status_code == 303
+    page = dave.get("/notes").get_data(as_text=True)
+    # Only his own note (3) offers edit and delete: the list is filtered like the views.
+    assert "/notes/3/edit" in page and "/notes/3/delete" in page
+    assert "/notes/1/edit" not in page and "/notes/1/delete" not in page
+    assert "Dave&#39;s" in dave.get("/notes/3/edit").get_data(as_text=True)
+    fields = {"title": "Dave's, edited", "body": "", "csrf_token": token}
+    assert dave.post("/notes/3/edit", data=fields).status_code == 303
+    assert dave.get("/notes/1/edit").status_code == 403  # alice's
+    assert dave.post("/notes/1/delete", data={"csrf_token": token}).status_code == 403
+    assert dave.get("/notes/99/edit").status_code == 404
+    alice = app.test_client()
+    sign_in(alice, "alice", passwords["alice"])
+    assert "/notes/3/edit" in alice.get("/notes").get_data(as_text=True)
+    assert alice.get("/notes/3/edit").status_code == 200  # notes:* holds notes:edit:any
+    admin = app.test_client()
+    sign_in(admin, "admin", passwords["admin"])
+    trail = admin.get("/admin/audit?action=authz.*").get_data(as_text=True)
+    assert "notes:edit on note 1 (rule owner)" in trail
+    assert "notes.updated" in admin.get("/admin/audit").get_data(as_text=True)

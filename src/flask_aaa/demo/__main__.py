@@ -19,8 +19,19 @@ ROLES = {
     "admin": ("Full administration", ["*"]),
     "editor": ("Reads, writes and deletes notes", ["notes:*"]),
     "reader": ("Reads notes", ["notes:read"]),
+    # Without notes:edit:any / notes:delete:any, the "owner" rule applies: their own notes only.
+    "author": (
+        "Reads notes, writes them, edits and deletes their own",
+        ["notes:read", "notes:write", "notes:edit", "notes:delete"],
+    ),
 }
-USERS = [("admin", "admin"), ("alice", "editor"), ("bob", "reader"), ("carol", None)]
+USERS = [
+    ("admin", "admin"),
+    ("alice", "editor"),
+    ("bob", "reader"),
+    ("carol", None),
+    ("dave", "author"),
+]
 NOTES = [
     ("Welcome", "Every change you make here is recorded in the audit trail."),
     (

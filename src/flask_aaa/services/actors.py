@@ -17,6 +17,10 @@ class RequestFacts:
     user_agent: str | None = None
     request_id: str | None = None
     session_hash: str | None = None
+    #: The administrator acting as the request's user (impersonation): their id and label.
+    #: Every event recorded with these facts names them in ``details["impersonator"]``.
+    impersonator_id: int | None = None
+    impersonator_name: str | None = None
 
     @classmethod
     def for_cli(cls, request_id: str | None = None) -> RequestFacts:

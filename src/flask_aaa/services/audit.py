@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Select, and_, event, or_, select, update
+from sqlalchemy import Select, and_, event, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -127,6 +127,13 @@ def _build(
     if not action or len(action) > 64:
         raise ValueError("action must be a dotted name of at most 64 characters")
     facts = facts or RequestFacts()
+    if facts.impersonator_id is not None:
+        # Both identities, always: the user the action is attributed to (the actor) and the
+        # administrator acting as them. Inside ``details``, so the hashed encoding is unchanged.
+        details = {
+            **(details or {}),
+            "impersonator": {"id": facts.impersonator_id, "name": facts.impersonator_name},
+        }
     tgt = Target.of(target) if target is not None else None
     event_ = AuditEvent(
         ts=utcnow(),
@@ -415,6 +422,70 @@ def get(db: Session, flt: AuditFilter, seq: int) -> AuditEvent | None:
     outside a caller's view is indistinguishable from a missing one)."""
     found: AuditEvent | None = db.scalar(flt.apply(select(AuditEvent)).where(AuditEvent.seq == seq))
     return found
+
+
+def neighbours(db: Session, seq: int) -> tuple[int | None, int | None]:
+    """The ``seq`` of the events just before and just after ``seq`` (None at either end)."""
+    before = db.scalar(select(func.max(AuditEvent.seq)).where(AuditEvent.seq < seq))
+    after = db.scalar(select(func.min(AuditEvent.seq)).where(AuditEvent.seq > seq))
+    return before, after
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventCheck:
+    """One event checked on its own (see :func:`check_event`)."""
+
+    #: Its stored hash is the hash of its fields: it was not edited.
+    hash_ok: bool
+    #: Its ``prev_hash`` is the stored hash of the event before it (the genesis hash for
+    #: the first): the link to its predecessor holds.
+    link_ok: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.hash_ok and self.link_ok
+
+
+def check_event(db: Session, event_: AuditEvent) -> EventCheck:
+    """Recompute one event's hash and check its link to the event before it: two reads,
+    whatever the length of the trail. Only :func:`verify_chain` also finds what lies
+    elsewhere (a deleted or inserted event further on, a cut-off tail)."""
+    if event_.seq == 1:
+        previous: str | None = GENESIS_HASH
+    else:
+        previous = db.scalar(select(AuditEvent.hash).where(AuditEvent.seq == event_.seq - 1))
+    return EventCheck(
+        hash_ok=event_hash(_fields(event_)) == event_.hash,
+        link_ok=previous is not None and previous == event_.prev_hash,
+    )
+
+
+def daily_counts(
+    db: Session,
+    actions: Sequence[str],
+    *,
+    since: dt.datetime,
+    until: dt.datetime | None = None,
+) -> dict[str, dict[dt.date, int]]:
+    """How many events of each of ``actions`` happened on each UTC day from ``since`` (and
+    before ``until``): ``{action: {day: count}}``, days without events left out.
+
+    One grouped query over the indexed ``ts`` column. ``date()`` means the same on SQLite
+    and PostgreSQL here because timestamps are stored as naive UTC; SQLite answers with
+    text and PostgreSQL with a date, and both become a :class:`datetime.date`."""
+    day = func.date(AuditEvent.ts)
+    stmt = (
+        select(day, AuditEvent.action, func.count())
+        .where(AuditEvent.action.in_(list(actions)), AuditEvent.ts >= since)
+        .group_by(day, AuditEvent.action)
+    )
+    if until is not None:
+        stmt = stmt.where(AuditEvent.ts < until)
+    out: dict[str, dict[dt.date, int]] = {action: {} for action in actions}
+    for value, action, count in db.execute(stmt):
+        when = value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)[:10])
+        out[action][when] = out[action].get(when, 0) + int(count)
+    return out
 
 
 def export_jsonl(db: Session, flt: AuditFilter, *, batch: int = 2_000) -> Iterator[str]:

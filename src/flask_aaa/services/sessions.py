@@ -14,7 +14,7 @@ import datetime as dt
 import hmac
 import secrets
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from ..config import Settings
@@ -134,9 +134,17 @@ def revoke_all(db: Session, user: User, *, reason: str, keep: LoginSession | Non
 def rotate(
     db: Session, record: LoginSession, *, settings: Settings, facts: RequestFacts, reason: str
 ) -> tuple[str, LoginSession]:
-    """Replace a session by a new one with a new token (after a privilege change)."""
+    """Replace a session by a new one with a new token (after a privilege change).
+
+    An impersonation session stays one: the new session keeps its administrator, reason
+    and end, so that a new id never lifts the limits of acting as someone else."""
     revoke(db, record, reason=reason)
-    return create(db, record.user, settings=settings, facts=facts)
+    token, new = create(db, record.user, settings=settings, facts=facts)
+    if record.impersonator_id is not None:
+        new.impersonator_id = record.impersonator_id
+        new.impersonation_reason = record.impersonation_reason
+        new.expires_at = min(new.expires_at, record.expires_at)
+    return token, new
 
 
 def live_sessions(db: Session, user: User) -> list[LoginSession]:
@@ -302,6 +310,77 @@ def revoke_all_by_admin(
         details={"sessions_ended": ended},
     )
     return ended
+
+
+def revoke_by_admin(
+    db: Session,
+    *,
+    actor: Actor,
+    user: User,
+    session_id: int,
+    facts: RequestFacts | None = None,
+) -> LoginSession:
+    """An administrator (``aaa:users:write``) ends one live session of ``user``. A session
+    of someone else, or one already ended, is "not found"."""
+    from . import rbac
+
+    rbac.check(db, actor, [rbac.MANAGE_USERS], facts=facts, target=user)
+    record = db.get(LoginSession, session_id)
+    if record is None or record.user_id != user.id or record.revoked_at is not None:
+        raise NotFound("No such session.")
+    revoke(db, record, reason="revoked_by_admin")
+    audit.record(
+        db,
+        action="session.revoked",
+        actor=actor,
+        target=audit.Target("session", str(record.id), _device(record)),
+        facts=facts,
+        details={"user": {"id": user.id, "name": user.label}, "by": "administrator"},
+    )
+    return record
+
+
+# -- counts for the administrators' dashboard --
+
+
+def active_count(db: Session, *, settings: Settings, now: dt.datetime | None = None) -> int:
+    """Sessions that would be accepted now: not revoked, not past their lifetime, used
+    within the idle timeout."""
+    now = now or utcnow()
+    idle = now - dt.timedelta(seconds=settings.session_idle_timeout)
+    return int(
+        db.scalar(
+            select(func.count())
+            .select_from(LoginSession)
+            .where(
+                LoginSession.revoked_at.is_(None),
+                LoginSession.expires_at > now,
+                LoginSession.last_seen_at >= idle,
+            )
+        )
+        or 0
+    )
+
+
+def active_per_day(db: Session, days: list[dt.date]) -> dict[dt.date, int]:
+    """For each UTC day in ``days``, how many sessions were in use on it: opened on or
+    before it and last seen on or after it (and not ended before it began). Reads only the
+    sessions seen since the first day."""
+    if not days:
+        return {}
+    first = dt.datetime.combine(min(days), dt.time(), tzinfo=dt.UTC)
+    rows = db.execute(
+        select(LoginSession.created_at, LoginSession.last_seen_at, LoginSession.revoked_at).where(
+            LoginSession.last_seen_at >= first
+        )
+    ).all()
+    counts = dict.fromkeys(days, 0)
+    for created, seen, revoked in rows:
+        end = min(seen, revoked) if revoked is not None else seen
+        for day in days:
+            if created.date() <= day <= end.date():
+                counts[day] += 1
+    return counts
 
 
 def _device(record: LoginSession) -> str:

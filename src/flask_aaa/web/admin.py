@@ -1,130 +1,173 @@
-"""Administration pages: users and their roles, roles and their permissions, the audit trail.
+"""Administration console: users (search, create, enable and disable, roles, permissions,
+sessions, tokens). Roles, permissions and explain are in :mod:`.admin_roles`; the audit
+trail and the dashboard in :mod:`.admin_trail`; all three share one blueprint, ``aaa_admin``.
 
 Every page needs an ``aaa:*`` permission; every change goes through the same services as the
 CLI, which check the actor's rights again (nobody grants what they do not hold) and audit it.
+A view commits once: the change and its audit event together.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import (
-    Blueprint,
-    Response,
-    flash,
-    jsonify,
-    redirect,
-    render_template,
-    request,
-    stream_with_context,
-    url_for,
-)
-from sqlalchemy import func, select
-from sqlalchemy.orm import selectinload
+from flask import Blueprint, Response, jsonify, render_template, request, url_for
+from sqlalchemy import select
 
-from ..errors import InvalidInput, NotFound
-from ..models import SERVICE, Role, User
-from ..services import accounts, audit, lockout, mfa, rbac, sessions, tokens
-from .account import page_json
+from ..errors import InvalidInput
+from ..models import SERVICE, LoginSession, Role, User
+from ..services import accounts, lockout, mfa, rbac, sessions, tokens
+from . import admin_roles, admin_trail
+from .admin_common import done, find_user_or_404, query_arg, user_row
 from .context import current_actor, db_session, request_facts, state
 from .decorators import permissions_required
-from .forms import audit_filter, filter_args, parse_cursor, read_fields
+from .forms import parse_cursor, read_fields
 from .security import wants_json
 
-
-def _user(user_id: int) -> User:
-    user = db_session().get(User, user_id)
-    if user is None:
-        raise NotFound("No such user.")
-    return user
+#: The filters of the users list, in the order the page shows them.
+USER_FILTERS = ("q", "active", "role", "kind")
 
 
-def _done(message: str, endpoint: str, **values: Any) -> Any:
-    db_session().commit()
-    if wants_json():
-        return jsonify({"ok": True, "message": message})
-    flash(message, "success")
-    return redirect(url_for(endpoint, **values), 303)
+def _user_filters() -> dict[str, str]:
+    """The recognised, non-empty filters of the users list (safe to hand to ``url_for``)."""
+    values = {name: query_arg(name, limit=320 if name == "q" else 64) for name in USER_FILTERS}
+    if values["active"] not in ("", "1", "0"):
+        raise InvalidInput({"active": "Use 1 for active or 0 for disabled accounts."})
+    if values["kind"] and values["kind"] not in accounts.KINDS:
+        raise InvalidInput({"kind": f"Use one of {', '.join(accounts.KINDS)}."})
+    return {name: value for name, value in values.items() if value}
 
 
-def _user_row(user: User) -> dict[str, Any]:
+def _session_row(record: LoginSession) -> dict[str, Any]:
     return {
-        "id": user.id,
-        "username": user.username,
-        "email": user.email,
-        "active": user.active,
-        "roles": [r.name for r in user.roles],
-        "last_login_at": user.last_login_at.isoformat() if user.last_login_at else None,
-        "login_count": user.login_count,
-        "locked_until": (
-            user.locked_until.isoformat()
-            if user.locked_until is not None and lockout.is_locked(user)
-            else None
-        ),
-        "mfa_enabled": user.mfa_enabled,
-        "kind": user.kind,
+        "id": record.id,
+        "ip": record.ip,
+        "user_agent": record.user_agent,
+        "created_at": record.created_at.isoformat(),
+        "last_seen_at": record.last_seen_at.isoformat(),
+        "expires_at": record.expires_at.isoformat(),
+        "impersonated_by": record.impersonator_id,
     }
+
+
+def _effective_roles(user: User) -> list[tuple[str, str | None]]:
+    """The user's roles, each once: ``(name, None)`` for one held directly, ``(name, via)``
+    for one inherited through the held role ``via`` (the first path found)."""
+    out: dict[str, str | None] = {role.name: None for role in user.roles}
+    for role in sorted(user.roles, key=lambda r: r.name):
+        for ancestor in rbac.ancestors(role):
+            out.setdefault(ancestor.name, role.name)
+    return sorted(out.items(), key=lambda item: (item[1] is not None, item[0]))
 
 
 def create_blueprint() -> Blueprint:
     bp = Blueprint("aaa_admin", __name__)
 
+    def _users_page(
+        errors: dict[str, str] | None = None, form: dict[str, str] | None = None
+    ) -> Any:
+        db = db_session()
+        filters = _user_filters()
+        active = {"1": True, "0": False}.get(filters.get("active", ""))
+        rows, next_after = accounts.list_users(
+            db,
+            limit=state().settings.page_size,
+            after=parse_cursor(request.args.get("after"), "after"),
+            q=filters.get("q"),
+            active=active,
+            role=filters.get("role"),
+            kind=filters.get("kind"),
+        )
+        if wants_json():
+            return jsonify({"users": [user_row(u) for u in rows], "next_after": next_after})
+        return Response(
+            render_template(
+                "aaa/admin_users.html",
+                users=rows,
+                next_after=next_after,
+                filters=filters,
+                kinds=accounts.KINDS,
+                roles=list(db.scalars(select(Role).order_by(Role.name))),
+                errors=errors or {},
+                form=form or {},
+            ),
+            status=400 if errors else 200,
+        )
+
     @bp.get("/")
     @permissions_required(rbac.READ_USERS)
     def users() -> Any:
+        """Users in id order, searched (``q``: part of the username or email) and filtered
+        (``active``, ``role``, ``kind``), paged with ``after``."""
+        return _users_page()
+
+    @bp.post("/users")
+    @permissions_required(rbac.MANAGE_USERS)
+    def create_user() -> Any:
+        """Create a person's account with a password (the policy applies) and, optionally,
+        a role (which also needs ``aaa:roles:assign`` and every permission of the role)."""
         db = db_session()
-        after = parse_cursor(request.args.get("after"), "after") or 0
-        size = state().settings.page_size
-        rows = list(
-            db.scalars(
-                select(User)
-                .where(User.id > after)
-                .order_by(User.id)
-                .limit(size + 1)
-                .options(selectinload(User.roles))
+        fields = read_fields(["username", "email", "password", "role"], required=["password"])
+        st = state()
+        try:
+            roles = [rbac.find_role(db, fields["role"])] if fields.get("role") else []
+            user = accounts.create_user(
+                db,
+                actor=current_actor(),
+                settings=st.settings,
+                passwords=st.passwords,
+                username=fields.get("username") or None,
+                email=fields.get("email") or None,
+                password=fields["password"],
+                roles=roles,
+                facts=request_facts(),
             )
-        )
-        more = len(rows) > size
-        rows = rows[:size]
-        next_after = rows[-1].id if more else None
-        if wants_json():
-            return jsonify({"users": [_user_row(u) for u in rows], "next_after": next_after})
-        total = db.scalar(select(func.count()).select_from(User))
-        return render_template(
-            "aaa/admin_users.html",
-            users=rows,
-            next_after=next_after,
-            total=total,
-            roles=list(db.scalars(select(Role).order_by(Role.name))),
-        )
+            db.flush()
+        except InvalidInput as exc:
+            db.rollback()
+            if wants_json():
+                raise
+            kept = {k: v for k, v in fields.items() if k != "password"}
+            return _users_page(errors=exc.errors, form=kept)
+        return done(f"Created {user.label}.", "aaa_admin.user_detail", user_id=user.id)
 
     @bp.get("/users/<int(max=2147483647):user_id>")
     @permissions_required(rbac.READ_USERS)
     def user_detail(user_id: int) -> Any:
         db = db_session()
-        user = _user(user_id)
-        roles = list(db.scalars(select(Role).order_by(Role.name)))
+        user = find_user_or_404(user_id)
         live = sessions.live_sessions(db, user)
         if wants_json():
-            return jsonify({"user": _user_row(user), "live_sessions": len(live)})
-        return _user_page(user, roles=roles, live=live)
+            return jsonify(
+                {
+                    "user": user_row(user),
+                    "live_sessions": len(live),
+                    "sessions": [_session_row(s) for s in live],
+                    "effective_roles": [
+                        {"name": name, "inherited_via": via} for name, via in _effective_roles(user)
+                    ],
+                    "direct_permissions": sorted(p.name for p in user.permissions),
+                    "effective_permissions": sorted(rbac.load_grants(db, user.id).permissions),
+                }
+            )
+        return _user_page(user, live=live)
 
     def _user_page(
         user: User,
         *,
-        roles: list[Role] | None = None,
-        live: Any = None,
+        live: list[LoginSession] | None = None,
         minted: tokens.Minted | None = None,
         errors: dict[str, str] | None = None,
     ) -> Response:
         db = db_session()
-        if roles is None:
-            roles = list(db.scalars(select(Role).order_by(Role.name)))
         return Response(
             render_template(
                 "aaa/admin_user.html",
                 subject=user,
-                roles=roles,
+                roles=list(db.scalars(select(Role).order_by(Role.name))),
+                effective_roles=_effective_roles(user),
+                direct_permissions=sorted(p.name for p in user.permissions),
+                effective_permissions=sorted(rbac.load_grants(db, user.id).permissions),
                 live_sessions=live if live is not None else sessions.live_sessions(db, user),
                 locked=lockout.is_locked(user),
                 tokens=tokens.tokens_of(db, user),
@@ -146,7 +189,7 @@ def create_blueprint() -> Blueprint:
             db, actor=current_actor(), name=fields["name"], roles=roles, facts=request_facts()
         )
         db.flush()
-        return _done(
+        return done(
             f"Service account {user.label} created. Mint it a token below.",
             "aaa_admin.user_detail",
             user_id=user.id,
@@ -157,7 +200,7 @@ def create_blueprint() -> Blueprint:
     def mint_token(user_id: int) -> Any:
         """Mint a token for a service account; the secret is shown on this one page."""
         db = db_session()
-        user = _user(user_id)
+        user = find_user_or_404(user_id)
         if user.kind != SERVICE:
             raise InvalidInput(
                 {"user": "People mint their own tokens; administrators mint for services."}
@@ -176,7 +219,7 @@ def create_blueprint() -> Blueprint:
             )
         except InvalidInput as exc:
             db.rollback()
-            return _user_page(_user(user_id), errors=exc.errors)
+            return _user_page(find_user_or_404(user_id), errors=exc.errors)
         db.commit()
         return _user_page(user, minted=minted)
 
@@ -191,13 +234,13 @@ def create_blueprint() -> Blueprint:
             if changed
             else f"The token {token.name!r} was already revoked."
         )
-        return _done(message, "aaa_admin.user_detail", user_id=token.user_id)
+        return done(message, "aaa_admin.user_detail", user_id=token.user_id)
 
     @bp.post("/users/<int(max=2147483647):user_id>/roles")
     @permissions_required(rbac.ASSIGN_ROLES)
     def grant_role(user_id: int) -> Any:
         db = db_session()
-        user = _user(user_id)
+        user = find_user_or_404(user_id)
         role = rbac.find_role(db, read_fields(["role"], required=["role"])["role"])
         changed = rbac.grant_role(
             db, actor=current_actor(), user=user, role=role, facts=request_facts()
@@ -207,13 +250,13 @@ def create_blueprint() -> Blueprint:
             if changed
             else f"{user.label} already has {role.name}."
         )
-        return _done(message, "aaa_admin.user_detail", user_id=user.id)
+        return done(message, "aaa_admin.user_detail", user_id=user.id)
 
     @bp.post("/users/<int(max=2147483647):user_id>/roles/revoke")
     @permissions_required(rbac.ASSIGN_ROLES)
     def revoke_role(user_id: int) -> Any:
         db = db_session()
-        user = _user(user_id)
+        user = find_user_or_404(user_id)
         role = rbac.find_role(db, read_fields(["role"], required=["role"])["role"])
         changed = rbac.revoke_role(
             db, actor=current_actor(), user=user, role=role, facts=request_facts()
@@ -223,12 +266,51 @@ def create_blueprint() -> Blueprint:
             if changed
             else f"{user.label} did not have {role.name}."
         )
-        return _done(message, "aaa_admin.user_detail", user_id=user.id)
+        return done(message, "aaa_admin.user_detail", user_id=user.id)
+
+    @bp.post("/users/<int(max=2147483647):user_id>/permissions")
+    @permissions_required(rbac.ASSIGN_ROLES)
+    def grant_permission(user_id: int) -> Any:
+        """Give the user one permission directly, outside any role."""
+        user = find_user_or_404(user_id)
+        permission = read_fields(["permission"], required=["permission"])["permission"]
+        changed = rbac.grant_permission(
+            db_session(),
+            actor=current_actor(),
+            user=user,
+            permission=permission,
+            facts=request_facts(),
+        )
+        message = (
+            f"Granted {permission.strip()} to {user.label} directly."
+            if changed
+            else f"{user.label} already holds {permission.strip()} directly."
+        )
+        return done(message, "aaa_admin.user_detail", user_id=user.id)
+
+    @bp.post("/users/<int(max=2147483647):user_id>/permissions/revoke")
+    @permissions_required(rbac.ASSIGN_ROLES)
+    def revoke_permission(user_id: int) -> Any:
+        user = find_user_or_404(user_id)
+        permission = read_fields(["permission"], required=["permission"])["permission"]
+        changed = rbac.revoke_permission(
+            db_session(),
+            actor=current_actor(),
+            user=user,
+            permission=permission,
+            facts=request_facts(),
+        )
+        message = (
+            f"Revoked the direct grant of {permission.strip()} from {user.label}."
+            if changed
+            else f"{user.label} held no direct grant of {permission.strip()}."
+        )
+        return done(message, "aaa_admin.user_detail", user_id=user.id)
 
     @bp.post("/users/<int(max=2147483647):user_id>/active")
     @permissions_required(rbac.MANAGE_USERS)
     def set_active(user_id: int) -> Any:
-        user = _user(user_id)
+        user = find_user_or_404(user_id)
         value = read_fields(["active"], required=["active"])["active"]
         if value not in ("0", "1"):
             raise InvalidInput({"active": "Use 1 to enable or 0 to disable."})
@@ -245,17 +327,38 @@ def create_blueprint() -> Blueprint:
             message = f"{user.label} is enabled."
         else:
             message = f"{user.label} is disabled and signed out everywhere."
-        return _done(message, "aaa_admin.user_detail", user_id=user.id)
+        return done(message, "aaa_admin.user_detail", user_id=user.id)
 
     @bp.post("/users/<int(max=2147483647):user_id>/sessions/revoke")
     @permissions_required(rbac.MANAGE_USERS)
     def revoke_sessions(user_id: int) -> Any:
-        user = _user(user_id)
+        user = find_user_or_404(user_id)
         ended = sessions.revoke_all_by_admin(
             db_session(), actor=current_actor(), user=user, facts=request_facts()
         )
-        return _done(
+        return done(
             f"{user.label} is signed out everywhere ({ended} session(s)).",
+            "aaa_admin.user_detail",
+            user_id=user.id,
+        )
+
+    @bp.post(
+        "/users/<int(max=2147483647):user_id>/sessions/<int(max=2147483647):session_id>/revoke"
+    )
+    @permissions_required(rbac.MANAGE_USERS)
+    def revoke_session(user_id: int, session_id: int) -> Any:
+        """End one of the user's sessions: that browser's next request is signed out."""
+        user = find_user_or_404(user_id)
+        record = sessions.revoke_by_admin(
+            db_session(),
+            actor=current_actor(),
+            user=user,
+            session_id=session_id,
+            facts=request_facts(),
+        )
+        where = f" from {record.ip}" if record.ip else ""
+        return done(
+            f"Ended a session of {user.label}{where}.",
             "aaa_admin.user_detail",
             user_id=user.id,
         )
@@ -263,17 +366,17 @@ def create_blueprint() -> Blueprint:
     @bp.post("/users/<int(max=2147483647):user_id>/unlock")
     @permissions_required(rbac.MANAGE_USERS)
     def unlock(user_id: int) -> Any:
-        user = _user(user_id)
+        user = find_user_or_404(user_id)
         changed = lockout.unlock(
             db_session(), actor=current_actor(), user=user, facts=request_facts()
         )
         message = f"{user.label} is unlocked." if changed else f"{user.label} was not locked."
-        return _done(message, "aaa_admin.user_detail", user_id=user.id)
+        return done(message, "aaa_admin.user_detail", user_id=user.id)
 
     @bp.post("/users/<int(max=2147483647):user_id>/mfa/reset")
     @permissions_required(rbac.MANAGE_USERS)
     def reset_mfa(user_id: int) -> Any:
-        user = _user(user_id)
+        user = find_user_or_404(user_id)
         changed = mfa.reset_by_admin(
             db_session(), actor=current_actor(), user=user, facts=request_facts()
         )
@@ -282,129 +385,43 @@ def create_blueprint() -> Blueprint:
             if changed
             else f"{user.label} had no two-factor authentication."
         )
-        return _done(message, "aaa_admin.user_detail", user_id=user.id)
+        return done(message, "aaa_admin.user_detail", user_id=user.id)
 
-    @bp.get("/roles")
-    @permissions_required(rbac.READ_USERS)
-    def roles() -> Any:
-        rows = list(
-            db_session().scalars(
-                select(Role).order_by(Role.name).options(selectinload(Role.permissions))
-            )
-        )
-        if wants_json():
-            return jsonify(
-                {
-                    "roles": [
-                        {
-                            "name": r.name,
-                            "description": r.description,
-                            "permissions": [p.name for p in r.permissions],
-                        }
-                        for r in rows
-                    ]
-                }
-            )
-        return render_template("aaa/admin_roles.html", roles=rows)
+    admin_roles.register(bp)
+    admin_trail.register(bp)
 
-    @bp.post("/roles")
-    @permissions_required(rbac.MANAGE_ROLES)
-    def create_role() -> Any:
-        fields = read_fields(["name", "description"], required=["name"])
-        role = rbac.create_role(
-            db_session(),
-            actor=current_actor(),
-            name=fields["name"],
-            description=fields.get("description", ""),
-            facts=request_facts(),
-        )
-        return _done(f"Created role {role.name}.", "aaa_admin.roles")
-
-    @bp.post("/roles/<name>/permissions")
-    @permissions_required(rbac.MANAGE_ROLES)
-    def add_permission(name: str) -> Any:
-        db = db_session()
-        role = rbac.find_role(db, name)
-        permission = read_fields(["permission"], required=["permission"])["permission"]
-        changed = rbac.add_permission(
-            db, actor=current_actor(), role=role, permission=permission, facts=request_facts()
-        )
-        return _done(
-            f"Added {permission} to {role.name}."
-            if changed
-            else f"{role.name} already has {permission}.",
-            "aaa_admin.roles",
-        )
-
-    @bp.post("/roles/<name>/permissions/remove")
-    @permissions_required(rbac.MANAGE_ROLES)
-    def remove_permission(name: str) -> Any:
-        db = db_session()
-        role = rbac.find_role(db, name)
-        permission = read_fields(["permission"], required=["permission"])["permission"]
-        changed = rbac.remove_permission(
-            db, actor=current_actor(), role=role, permission=permission, facts=request_facts()
-        )
-        return _done(
-            f"Removed {permission} from {role.name}."
-            if changed
-            else f"{role.name} did not have {permission}.",
-            "aaa_admin.roles",
-        )
-
-    def _filter_from_args() -> audit.AuditFilter:
-        actor_id = None
-        name = request.args.get("user", "").strip()
-        if name:
-            found = accounts.find_user(db_session(), state().settings, name[:320])
-            actor_id = found.id if found is not None else -1  # an unknown user matches nothing
-        return audit_filter(request.args, actor_id=actor_id)
-
-    @bp.get("/audit")
-    @permissions_required(rbac.READ_AUDIT)
-    def audit_trail() -> Any:
-        page = audit.query(
-            db_session(),
-            _filter_from_args(),
-            limit=state().settings.page_size,
-            before=parse_cursor(request.args.get("before")),
-        )
-        if wants_json():
-            return jsonify(page_json(page))
-        return render_template(
-            "aaa/admin_audit.html",
-            page=page,
-            filters=filter_args(request.args),
-            outcomes=audit.OUTCOMES,
-        )
-
-    @bp.get("/audit.jsonl")
-    @permissions_required(rbac.READ_AUDIT)
-    def audit_export() -> Response:
-        lines = audit.export_jsonl(db_session(), _filter_from_args())
-        response = Response(stream_with_context(lines), mimetype="application/x-ndjson")
-        response.headers["Content-Disposition"] = 'attachment; filename="audit.jsonl"'
-        return response
-
-    @bp.post("/audit/verify")
-    @permissions_required(rbac.READ_AUDIT)
-    def audit_verify() -> Any:
-        report = audit.verify_chain(db_session())
-        data = {
-            "ok": report.ok,
-            "checked": report.checked,
-            "first_bad_seq": report.first_bad_seq,
-            "problem": report.problem,
-        }
-        if wants_json():
-            return jsonify(data)
-        if report.ok:
-            flash(f"The audit trail verifies: {report.checked} events, chain intact.", "success")
-        else:
-            flash(
-                f"The audit trail is BROKEN at event {report.first_bad_seq}: {report.problem}",
-                "error",
-            )
-        return redirect(url_for("aaa_admin.audit_trail"), 303)
+    @bp.app_context_processor
+    def admin_navigation() -> dict[str, Any]:
+        return {"aaa_admin_nav": _navigation}
 
     return bp
+
+
+#: The console's sections: (endpoint, label, permission that opens it).
+SECTIONS = (
+    ("aaa_admin.dashboard", "Dashboard", rbac.READ_AUDIT),
+    ("aaa_admin.users", "Users", rbac.READ_USERS),
+    ("aaa_admin.roles", "Roles", rbac.READ_USERS),
+    ("aaa_admin.permissions", "Permissions", rbac.READ_USERS),
+    ("aaa_admin.explain", "Explain", rbac.READ_USERS),
+    ("aaa_admin.audit_trail", "Audit", rbac.READ_AUDIT),
+)
+
+#: Pages that belong to a section without being its endpoint.
+_SECTION_OF = {
+    "aaa_admin.user_detail": "aaa_admin.users",
+    "aaa_admin.role_detail": "aaa_admin.roles",
+    "aaa_admin.audit_event": "aaa_admin.audit_trail",
+}
+
+
+def _navigation() -> list[tuple[str, str, bool]]:
+    """``(url, label, current)`` of each section the signed-in user may open."""
+    from .context import current_user
+
+    here = _SECTION_OF.get(request.endpoint or "", request.endpoint)
+    return [
+        (url_for(endpoint), label, endpoint == here)
+        for endpoint, label, permission in SECTIONS
+        if current_user.is_authenticated and current_user.has_permission(permission)
+    ]

@@ -32,7 +32,7 @@ from ..errors import (
 )
 from ..models import LoginSession
 from ..services import accounts, audit, recovery, sessions
-from . import mail
+from . import impersonation, mail
 from . import recovery as recovery_web
 from .context import (
     current_actor,
@@ -195,6 +195,7 @@ def create_blueprint() -> Blueprint:
         user = signed_in_user()
         record = login_session()
         db = db_session()
+        impersonation.end_for_logout()  # acting as someone: the administrator signs out too
         if record is not None:
             accounts.logout(db, user=user, session=record, facts=request_facts())
         remembered = request.cookies.get(remember_cookie_name())

@@ -73,12 +73,28 @@ def request_facts() -> RequestFacts:
     else:
         # An API token request names its token by id (its secret is not kept anywhere).
         session_hash = f"token:{token.id}" if token is not None else None
+    impersonator = impersonator_of(record)
     return RequestFacts(
         ip=request.remote_addr,
         user_agent=request.headers.get("User-Agent", "")[:512] or None,
         request_id=request_id(),
         session_hash=session_hash,
+        impersonator_id=impersonator[0] if impersonator else None,
+        impersonator_name=impersonator[1] if impersonator else None,
     )
+
+
+def impersonator_of(record: LoginSession | None) -> tuple[int, str] | None:
+    """The administrator acting through ``record`` (an impersonation session): id and label,
+    read once per request (an audit event may be built after a rollback)."""
+    if record is None or record.impersonator_id is None:
+        return None
+    cached: tuple[int, int, str] | None = g.get("_aaa_impersonator")
+    if cached is None or cached[0] != record.id:
+        admin = record.impersonator
+        label = admin.label if admin is not None else f"user-{record.impersonator_id}"
+        cached = g._aaa_impersonator = (record.id, record.impersonator_id, label)
+    return cached[1], cached[2]
 
 
 def signed_in_user() -> User:

@@ -22,7 +22,8 @@ from ..errors import (
     ServiceUnavailable,
 )
 from ..services import audit, rbac, sessions
-from . import bearer
+from ..services.rules import Rule
+from . import bearer, rules
 from .context import (
     current_actor,
     current_user,
@@ -37,6 +38,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Attribute set on a view by :func:`public` and by every requirement decorator.
 GUARD_ATTR = "_aaa_guard"
+#: Attribute set on a view that must never run while an administrator acts as another user
+#: (impersonation): by :func:`fresh_login_required` and :func:`not_while_impersonating`.
+SENSITIVE_ATTR = "_aaa_sensitive"
 
 
 def _mark(view: Callable[..., Any], guard: str) -> None:
@@ -115,8 +119,19 @@ def _fresh() -> None:
 
 def fresh_login_required(view: F) -> F:
     """The user must have signed in or confirmed their password within
-    ``AAA_REAUTH_WINDOW`` (browsers are sent to confirm it, then back)."""
-    return _requirement(_fresh, "login")(view)
+    ``AAA_REAUTH_WINDOW`` (browsers are sent to confirm it, then back). Such a view is
+    sensitive: it is refused while an administrator acts as the user (impersonation)."""
+    wrapped = _requirement(_fresh, "login")(view)
+    setattr(wrapped, SENSITIVE_ATTR, True)
+    return wrapped
+
+
+def not_while_impersonating(view: F) -> F:
+    """Refuse the view (403 ``impersonation_forbidden``, audited) while an administrator acts
+    as the user. Views under ``fresh_login_required`` are refused already; use this for
+    sensitive views that need no recent password. Put it right under the route decorator."""
+    setattr(view, SENSITIVE_ATTR, True)
+    return view
 
 
 def _flatten(names: Sequence[str | Sequence[str]]) -> list[str]:
@@ -159,9 +174,38 @@ def roles_accepted(*roles: str | Sequence[str]) -> Callable[[F], F]:
     return _requirement(_roles(_flatten(roles), "any"), "roles")
 
 
-def permissions_required(*permissions: str) -> Callable[[F], F]:
-    """The user must hold every one of ``permissions`` (wildcards in grants honoured)."""
-    return _requirement(_permissions(list(permissions), "all"), "permissions")
+def permissions_required(
+    *permissions: str,
+    on: Callable[..., object] | None = None,
+    rule: str | Rule | None = None,
+) -> Callable[[F], F]:
+    """The user must hold every one of ``permissions`` (wildcards in grants honoured).
+
+    With ``on`` (a loader given the view's keyword arguments, returning the object or None)
+    and ``rule`` (a registered rule's name, or a :class:`Rule`), the permissions must also
+    hold for that object: 403 without the permission (before loading), 404 for a missing
+    object, 403 naming the rule when it refuses. The object is in ``g.aaa_object``."""
+    if on is None:
+        if rule is not None:
+            raise ValueError("rule= needs on=, the loader of the object the rule is about")
+        return _requirement(_permissions(list(permissions), "all"), "permissions")
+    check = rules.object_check(permissions, on=on, rule=rule)
+
+    def decorator(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            check(kwargs)
+            return view(*args, **kwargs)
+
+        _mark(wrapper, "permissions")
+        setattr(
+            wrapper,
+            rules.RULES_ATTR,
+            (*getattr(view, rules.RULES_ATTR, ()), *rules.rule_names(rule)),
+        )
+        return cast("F", wrapper)
+
+    return decorator
 
 
 def permissions_accepted(*permissions: str) -> Callable[[F], F]:
@@ -232,6 +276,7 @@ __all__ = [
     "current_user",
     "fresh_login_required",
     "login_required",
+    "not_while_impersonating",
     "permissions_accepted",
     "permissions_required",
     "public",

@@ -30,6 +30,9 @@ PENDING_KEY = "_aaa_pending"
 PENDING_TTL = 300
 #: Cookie-session key of the browser's random id (see :func:`browser_id`).
 BROWSER_KEY = "_aaa_browser"
+#: Cookie-session key of an administrator's way back while acting as another user (see
+#: ``web/impersonation.py``). A new sign-in clears it; a new session id keeps it.
+IMPERSONATION_KEY = "_aaa_impersonation"
 
 
 def user_json(user: User) -> dict[str, Any]:
@@ -288,6 +291,7 @@ def rotate_current(*, reason: str) -> None:
         new_record.reauthenticated_at = fresh.reauthenticated_at
         db.commit()
     pending_csrf = session.get("csrf_token")
+    way_back = session.get(IMPERSONATION_KEY)
     user = db.get(User, user.id)
     if user is None:
         return
@@ -296,6 +300,9 @@ def rotate_current(*, reason: str) -> None:
     if pending_csrf is not None:
         # The page the user has open keeps a working form; the id is what had to change.
         session["csrf_token"] = pending_csrf
+    if way_back is not None and new_record.impersonator_id is not None:
+        # Still the same administrator acting as the same user: keep the way back.
+        session[IMPERSONATION_KEY] = {**way_back, "sid": new_record.id}
 
 
 def after_request(response: Response) -> Response:

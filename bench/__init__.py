@@ -1,0 +1,1 @@
+"""Benchmarks of Flask-AAA against its peers (``python3 run.py bench``; see RESULTS.md)."""

@@ -1,0 +1,110 @@
+"""Case 1: a protected GET (signed in, one permission check, ``notes:read``), in-process
+through the test client (the server is not measured), with a cookie session and with a
+bearer token.
+
+- bare Flask (the floor): Flask's signed cookie session holds the user id; the permissions
+  are a set in memory.
+- Flask-Login: the tutorial pattern: the user loaded from the database on each request, the
+  permission found through ``user.roles`` and ``role.permissions``.
+- Flask-Security-Too: ``@auth_required`` and ``@permissions_required`` (fsqla_v3 models); its
+  own auth token (``Authentication-Token``) for the bearer case.
+- Flask-AAA: server-side sessions (the session row and the authz version read in one query,
+  the grants from the per-process cache) and ``@permissions_required``; a personal access
+  token for the bearer case. Redis is not configured here (rate limits in memory).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..apps import Built, aaa_app, bare_app, check, fs_app, tutorial_app
+from ..peers import available
+from ..runner import Case, Contender, Target, at_most, faster_by, format_ratio, repeated
+
+FLOOR = "bare Flask (floor)"
+FLASK_LOGIN = "Flask-Login (tutorial pattern)"
+FS_TOO = "Flask-Security-Too"
+
+
+def getter(built: Built, path: str, headers: dict[str, str] | None = None) -> Any:
+    client = built.client
+    check(client.get(path, headers=headers or {}))
+
+    def get() -> None:
+        check(client.get(path, headers=headers or {}))
+
+    return repeated(get)
+
+
+def throughput_at_least(ours: str, other: str, factor: float, text: str) -> Target:
+    """``ours`` serves at least ``factor`` times ``other``'s requests per second."""
+
+    def measure(result: Any) -> tuple[str, bool]:
+        value = result.ratio(other, ours)
+        return format_ratio(value), value >= factor
+
+    return Target(text, measure)
+
+
+def build(options: Any) -> list[Case]:
+    fs_missing = available("flask_security")
+    sqlite = options.databases()[0][1]
+    floor = bare_app()
+    tutorial = tutorial_app(sqlite())
+    fs = None if fs_missing else fs_app(sqlite())
+    cases = []
+    for db_name, fresh in options.databases():
+        ours_name = f"Flask-AAA, server-side sessions on {db_name}"
+        ours = aaa_app(fresh())
+        contenders = [
+            Contender(FLOOR, getter(floor, "/protected")),
+            Contender(FLASK_LOGIN, getter(tutorial, "/protected")),
+            Contender(ours_name, getter(ours, "/protected")),
+        ]
+        targets = [
+            throughput_at_least(ours_name, FLOOR, 0.5, "at least 0.5x bare Flask's throughput"),
+        ]
+        if fs is not None:
+            contenders.insert(2, Contender(FS_TOO, getter(fs, "/protected")))
+            targets.insert(0, faster_by(ours_name, FS_TOO, 1.5, "at least 1.5x Flask-Security-Too"))
+        notes = [
+            "The HTTP targets of issue 8 (gunicorn, 2 workers) are stated for a server; "
+            "in-process figures leave the server out, so the ratios to the floor are harsher.",
+            "Flask-Login and Flask-Security-Too run on SQLite in both tables.",
+        ]
+        if fs_missing:
+            notes.append(f"Flask-Security-Too skipped ({fs_missing}).")
+        cases.append(
+            Case(
+                title=f"Protected GET, cookie session, Flask-AAA on {db_name} (per request)",
+                contenders=contenders,
+                ours=ours_name,
+                floor=FLOOR,
+                targets=targets,
+                notes=notes,
+            )
+        )
+        token_name = f"Flask-AAA personal access token on {db_name}"
+        token_contenders = [
+            Contender(FLOOR, getter(floor, "/protected")),
+            Contender(token_name, getter(ours, "/api/protected", ours.token_headers)),
+        ]
+        token_targets = [at_most(token_name, FLOOR, 2.0, "at most 2x the floor's time")]
+        if fs is not None:
+            token_contenders.insert(
+                1, Contender(f"{FS_TOO} auth token", getter(fs, "/api/protected", fs.token_headers))
+            )
+            token_targets.insert(
+                0, faster_by(token_name, f"{FS_TOO} auth token", 1.5, "at least 1.5x FS-Too")
+            )
+        cases.append(
+            Case(
+                title=f"Protected GET, bearer token, Flask-AAA on {db_name} (per request)",
+                contenders=token_contenders,
+                ours=token_name,
+                floor=FLOOR,
+                targets=token_targets,
+                close=ours.close,
+            )
+        )
+    return cases
