@@ -14,7 +14,7 @@ import datetime as dt
 import hmac
 import secrets
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from ..config import Settings
@@ -57,6 +57,19 @@ def create(
     return token, record
 
 
+#: The one query of every signed-in request: the session, its user and the authz version.
+#: Built once (with a bound parameter) rather than per request.
+_RESOLVE = (
+    select(
+        LoginSession,
+        User,
+        select(AuthzState.version).where(AuthzState.id == 1).scalar_subquery(),
+    )
+    .join(User, User.id == LoginSession.user_id)
+    .where(LoginSession.token_hash == bindparam("token_hash"))
+)
+
+
 def resolve(
     db: Session, token: str, *, settings: Settings, now: dt.datetime | None = None
 ) -> Resolved | None:
@@ -64,12 +77,7 @@ def resolve(
     revoked, idle too long, past its lifetime, or its user is disabled."""
     if not token or len(token) > 128:
         return None
-    version = select(AuthzState.version).where(AuthzState.id == 1).scalar_subquery()
-    row = db.execute(
-        select(LoginSession, User, version)
-        .join(User, User.id == LoginSession.user_id)
-        .where(LoginSession.token_hash == token_digest(token))
-    ).first()
+    row = db.execute(_RESOLVE, {"token_hash": token_digest(token)}).first()
     if row is None:
         return None
     record, user, authz_version = row

@@ -22,7 +22,7 @@ import unicodedata
 import zlib
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from ..config import Settings
@@ -256,6 +256,18 @@ def mint(
     return Minted(token, secret)
 
 
+#: The one query of a token request: the token, its owner and the authz version.
+_AUTHENTICATE = (
+    select(
+        ApiToken,
+        User,
+        select(AuthzState.version).where(AuthzState.id == 1).scalar_subquery(),
+    )
+    .join(User, User.id == ApiToken.user_id)
+    .where(ApiToken.token_hash == bindparam("token_hash"))
+)
+
+
 def authenticate(
     db: Session, value: str, *, settings: Settings, facts: RequestFacts
 ) -> Authenticated:
@@ -267,12 +279,7 @@ def authenticate(
     if not well_formed(settings.token_prefix, value):
         raise TokenRejected("malformed")
     digest = token_digest(value)
-    version = select(AuthzState.version).where(AuthzState.id == 1).scalar_subquery()
-    row = db.execute(
-        select(ApiToken, User, version)
-        .join(User, User.id == ApiToken.user_id)
-        .where(ApiToken.token_hash == digest)
-    ).first()
+    row = db.execute(_AUTHENTICATE, {"token_hash": digest}).first()
     if row is None or not secrets.compare_digest(row[0].token_hash, digest):
         raise TokenRejected("unknown")
     token, user, authz_version = row
