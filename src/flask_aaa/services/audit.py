@@ -13,9 +13,11 @@ the chain or leave a gap. After the commit each event is mirrored as one JSON li
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import datetime as dt
 import hashlib
+import io
 import json
 import logging
 import re
@@ -488,10 +490,19 @@ def daily_counts(
     return out
 
 
-def export_jsonl(db: Session, flt: AuditFilter, *, batch: int = 2_000) -> Iterator[str]:
-    """Every matching event, oldest first, as JSON lines, read in batches by ``seq`` so that
+#: Columns of an export, in order: the hashed fields and the event's own hash.
+EXPORT_COLUMNS = (*_HASHED_FIELDS, "hash")
+
+#: A spreadsheet reads a cell starting with one of these as a formula (or, for tab and
+#: carriage return, strips it and looks again), so exported text starting with one is
+#: prefixed with ``'`` (OWASP's advice for CSV injection).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _export_rows(db: Session, flt: AuditFilter, batch: int) -> Iterator[dict[str, Any]]:
+    """Every matching event, oldest first, as plain data, read in batches by ``seq`` so that
     memory stays constant however long the trail is."""
-    columns = [getattr(AuditEvent, name) for name in _HASHED_FIELDS] + [AuditEvent.hash]
+    columns = [getattr(AuditEvent, name) for name in EXPORT_COLUMNS]
     after: int | None = None  # no lower bound at first: every row is exported, even forged ones
     while True:
         stmt = flt.apply(select(*columns))
@@ -503,9 +514,40 @@ def export_jsonl(db: Session, flt: AuditFilter, *, batch: int = 2_000) -> Iterat
         for row in rows:
             data = row._asdict()
             data["ts"] = _ts_text(data["ts"]) + "Z"
-            data["details"] = json.loads(data["details"] or "{}")
-            yield json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n"
+            yield data
         after = rows[-1].seq
+
+
+def export_jsonl(db: Session, flt: AuditFilter, *, batch: int = 2_000) -> Iterator[str]:
+    """Every matching event, oldest first, one JSON object per line (``details`` decoded)."""
+    for data in _export_rows(db, flt, batch):
+        data["details"] = json.loads(data["details"] or "{}")
+        yield json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def export_csv(db: Session, flt: AuditFilter, *, batch: int = 2_000) -> Iterator[str]:
+    """Every matching event, oldest first, as CSV: a header line, then one record per event
+    (``details`` as its JSON text). Text that a spreadsheet would run as a formula is
+    prefixed with ``'``; the guard changes what is shown, so verify from the JSON export."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+
+    def line(values: Sequence[Any]) -> str:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow(values)
+        return buffer.getvalue()
+
+    yield line(EXPORT_COLUMNS)
+    for data in _export_rows(db, flt, batch):
+        yield line([csv_cell(data[name]) for name in EXPORT_COLUMNS])
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` made safe for a spreadsheet cell (see :data:`_FORMULA_STARTS`)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _refuse_secrets(details: Mapping[str, Any]) -> None:
