@@ -7,6 +7,7 @@ and exit with status 1; nothing is half-done (each command is one transaction).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 import getpass
 import json
@@ -526,16 +527,46 @@ def check_app() -> None:
 
 @aaa_cli.group("audit")
 def audit_group() -> None:
-    """Verify and export the audit trail."""
+    """Verify, sign, export and purge the audit trail."""
 
 
 @audit_group.command("verify")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Start after the newest signed checkpoint the trail still matches, not at the start.",
+)
+@click.option(
+    "--checkpoints",
+    "checkpoint_file",
+    type=click.File("r", encoding="utf-8"),
+    help="Also check the signed checkpoints in this file: the flask_aaa.audit log (or your "
+    "SIEM's export of it), kept outside the database. Other lines are skipped.",
+)
 @reading
-def audit_verify() -> None:
-    """Check the whole hash chain; exit 1 and name the first bad event if it is broken."""
-    report = audit.verify_chain(_db())
+def audit_verify(resume: bool, checkpoint_file: Any) -> None:
+    """Check the hash chain, the signed checkpoints and the signed head record; exit 1 and
+    name the first bad event if anything does not hold."""
+    external = []
+    for line in checkpoint_file or ():
+        found = audit.Checkpoint.from_json_line(line)
+        if found is not None:
+            external.append(found)
+    report = audit.verify_chain(_db(), resume=resume, external=external)
+    scope = (
+        f"events {report.first_seq} to {report.last_seq}"
+        if report.first_seq > 1
+        else f"{report.checked} events"
+    )
+    signed = (
+        f"{report.checkpoints} signed checkpoints matched, head signature valid"
+        if report.signed
+        else "NO signing key configured: signatures not checked"
+    )
+    if external:
+        signed += f"; {len(external)} checkpoints read from {checkpoint_file.name}"
     if report.ok:
-        click.echo(f"OK: {report.checked} events, chain intact up to seq {report.last_seq}.")
+        click.echo(f"OK: {scope}, chain intact up to seq {report.last_seq} ({signed}).")
         return
     click.echo(
         f"BROKEN at seq {report.first_bad_seq}: {report.problem} "
@@ -544,41 +575,98 @@ def audit_verify() -> None:
     sys.exit(1)
 
 
+@audit_group.command("checkpoint")
+@transactional
+def audit_checkpoint() -> None:
+    """Sign the trail's end now (records audit.checkpoint). Run it from cron, and once after
+    upgrading or rotating the signing key."""
+    db = _db()
+    event_ = audit.checkpoint(db, actor=_actor(), facts=_facts())
+    db.commit()
+    data = audit.checkpoint_at(db, event_.seq)
+    click.echo(json.dumps({"checkpoint": data}, separators=(",", ":")))
+
+
+@audit_group.command("purge")
+@click.option(
+    "--older-than",
+    "days",
+    type=click.IntRange(min=1),
+    help="Delete events older than this many days (default: AAA_AUDIT_RETENTION_DAYS).",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@transactional
+def audit_purge(days: int | None, yes: bool) -> None:
+    """Delete old events, keeping a signed anchor so that the rest still verifies. The trail
+    is verified first; the purge is itself recorded (audit.purged)."""
+    days = days or state().settings.audit_retention_days
+    if not days:
+        raise click.UsageError("give --older-than DAYS or set AAA_AUDIT_RETENTION_DAYS")
+    if not yes:
+        click.confirm(f"Delete audit events older than {days} days?", abort=True)
+    result = audit.purge(_db(), older_than=dt.timedelta(days=days), actor=_actor(), facts=_facts())
+    if not result.deleted:
+        click.echo(f"Nothing to purge: no event is older than {days} days.")
+        return
+    click.echo(
+        f"Purged {result.deleted} events (up to seq {result.through}); a signed anchor "
+        "keeps the rest verifiable."
+    )
+
+
 @audit_group.command("export")
 @click.option(
     "--output",
     "-o",
-    type=click.File("w", encoding="utf-8"),
+    type=click.File("wb"),  # bytes: CSV's CRLF line ends stay as written on every OS
     default="-",
     help="File (default: stdout).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"]),
+    default="jsonl",
+    show_default=True,
+    help="JSON Lines, or CSV with text that spreadsheets would run as a formula quoted.",
 )
 @click.option("--user", "user_name", help="Only events by this user (username, email or #id).")
 @click.option("--action", help="Exact action, or a prefix ending in '*' (e.g. auth.*).")
 @click.option("--outcome", type=click.Choice(list(audit.OUTCOMES)))
+@click.option("--ip", help="Only events from this client IP.")
+@click.option("--target", help="Only events on this target: TYPE or TYPE:ID (e.g. user:42).")
 @click.option("--since", help="ISO 8601 start (UTC if no offset).")
 @click.option("--until", help="ISO 8601 end.")
 @reading
 def audit_export(
     output: Any,
+    fmt: str,
     user_name: str | None,
     action: str | None,
     outcome: str | None,
+    ip: str | None,
+    target: str | None,
     since: str | None,
     until: str | None,
 ) -> None:
-    """Write events as JSON Lines, oldest first, in constant memory."""
+    """Write events oldest first, in constant memory."""
+    target_type, _, target_id = (target or "").partition(":")
     try:
         flt = audit.AuditFilter(
             actor_id=_user(user_name).id if user_name else None,
             action=action,
             outcome=outcome,
+            ip=ip,
+            target_type=target_type or None,
+            target_id=target_id or None,
             since=parse_time("since", since),
             until=parse_time("until", until),
         )
     except AAAError as exc:
         raise click.ClickException(exc.message) from None
-    count = 0
-    for line in audit.export_jsonl(_db(), flt):
-        output.write(line)
+    lines = audit.export_csv(_db(), flt) if fmt == "csv" else audit.export_jsonl(_db(), flt)
+    count = -1 if fmt == "csv" else 0  # the CSV header is not an event
+    for line in lines:
+        output.write(line.encode("utf-8"))
         count += 1
     click.echo(f"Exported {count} events.", err=True)

@@ -124,6 +124,17 @@ DEFAULTS: dict[str, Any] = {
     #: Longest time, in minutes, an administrator may act as another user in one go
     #: (impersonation). The impersonation session ends then, however active it is.
     "IMPERSONATION_MINUTES": 30,
+    #: Keys (text, at least 32 bytes each) that sign the audit trail's head record,
+    #: checkpoints and retention anchors (HMAC-SHA256). The first signs; all verify, so rotate
+    #: by putting a new key first and keeping the old ones while their checkpoints are kept.
+    #: Empty: one key derived from ``SECRET_KEY`` (and ``SECRET_KEY_FALLBACKS``) is used.
+    "AUDIT_SIGNING_KEYS": (),
+    #: A signed checkpoint is written each time the trail passes a multiple of this many
+    #: events (0: only by ``flask aaa audit checkpoint``).
+    "AUDIT_CHECKPOINT_EVERY": 1_000,
+    #: Days of events ``flask aaa audit purge`` keeps when no ``--older-than`` is given
+    #: (0: no default; the trail is kept until purged explicitly).
+    "AUDIT_RETENTION_DAYS": 0,
     #: Largest request body (bytes) the library's own endpoints accept.
     "MAX_BODY_SIZE": 64 * 1024,
     #: Mount point of the authentication pages (login, logout, register, password).
@@ -211,6 +222,9 @@ _POSITIVE = (
     "passkey_timeout",
 )
 
+#: Shortest accepted audit signing key, in bytes (256 bits, the HMAC-SHA256 key size).
+MIN_AUDIT_KEY_BYTES = 32
+
 #: SECRET_KEY values that are refused outside debug and testing.
 _KNOWN_WEAK_KEYS = frozenset(
     {"dev", "secret", "changeme", "change-me", "your_secret_key", "secret-key", "development"}
@@ -268,6 +282,9 @@ class Settings:
     password_min_length_mfa: int
     reauth_window: int
     impersonation_minutes: int
+    audit_signing_keys: tuple[str, ...] = dataclasses.field(repr=False)
+    audit_checkpoint_every: int
+    audit_retention_days: int
     max_body_size: int
     auth_url_prefix: str
     account_url_prefix: str
@@ -310,6 +327,7 @@ class Settings:
         for key, default in DEFAULTS.items():
             _check_type(key, values[key.lower()], default)
         values["mfa_required_roles"] = tuple(values["mfa_required_roles"])
+        values["audit_signing_keys"] = tuple(values["audit_signing_keys"])
         values["oidc_algorithms"] = tuple(values["oidc_algorithms"])
         values["oidc_providers"] = MappingProxyType(
             {
@@ -337,8 +355,22 @@ class Settings:
             raise ConfigurationError("AAA_BASE_URL must be an absolute http(s) URL")
         self._validate_passwords(testing=testing)
         self._validate_durations()
+        self._validate_audit()
         self._validate_tokens()
         self._validate_passkeys()
+
+    def _validate_audit(self) -> None:
+        if any(len(key.encode("utf-8")) < MIN_AUDIT_KEY_BYTES for key in self.audit_signing_keys):
+            # The message never shows a key, not even a part of one.
+            raise ConfigurationError(
+                f"every AAA_AUDIT_SIGNING_KEYS entry must be at least {MIN_AUDIT_KEY_BYTES} "
+                "bytes long"
+            )
+        if len(set(self.audit_signing_keys)) != len(self.audit_signing_keys):
+            raise ConfigurationError("AAA_AUDIT_SIGNING_KEYS lists a key twice")
+        for name in ("audit_checkpoint_every", "audit_retention_days"):
+            if getattr(self, name) < 0:
+                raise ConfigurationError(f"AAA_{name.upper()} must be 0 or more")
 
     def _validate_tokens(self) -> None:
         if not _TOKEN_PREFIX_RE.match(self.token_prefix):

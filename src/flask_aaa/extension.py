@@ -23,7 +23,7 @@ from . import db as dbutil
 from .config import Settings
 from .errors import ConfigurationError, LoginRequired
 from .models import Base, User
-from .services import rbac, sessions
+from .services import rbac, sessions, signing
 from .services.passwords import PasswordService
 from .services.rules import Check, Rule, Rules, Where
 from .web import (
@@ -88,9 +88,11 @@ class AAA:
         settings = Settings.from_config(app.config, debug=app.debug, testing=app.testing)
         if "sqlalchemy" not in app.extensions:
             self.db.init_app(app)
+        signer = _audit_signer(app, settings)
         with app.app_context():
             for engine in self.db.engines.values():
                 dbutil.configure_engine(engine)
+                signing.use(engine, signer)
 
         _configure_cookies(app, settings)
         login_manager = _login_manager(app)
@@ -182,6 +184,20 @@ class AAA:
         from .cli import aaa_cli
 
         app.cli.add_command(aaa_cli)
+
+
+def _audit_signer(app: Flask, settings: Settings) -> signing.Signer | None:
+    """The audit trail's signer: the configured keys, else keys derived from ``SECRET_KEY``
+    and its fallbacks (so rotating ``SECRET_KEY`` the Flask way keeps old checkpoints
+    verifiable). None without any key (only possible in debug and testing)."""
+    if settings.audit_signing_keys:
+        keys = [key.encode("utf-8") for key in settings.audit_signing_keys]
+    else:
+        secrets = [app.config.get("SECRET_KEY"), *(app.config.get("SECRET_KEY_FALLBACKS") or ())]
+        keys = [signing.derive_key(secret) for secret in secrets if secret]
+    if not keys:
+        return None
+    return signing.Signer(keys, checkpoint_every=settings.audit_checkpoint_every)
 
 
 def _configure_cookies(app: Flask, settings: Settings) -> None:

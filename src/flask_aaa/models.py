@@ -479,6 +479,7 @@ class AuditEvent(Base):
         Index("ix_aaa_audit_outcome_seq", "outcome", "seq"),
         Index("ix_aaa_audit_ts", "ts"),
         Index("ix_aaa_audit_target_seq", "target_type", "target_id", "seq"),
+        Index("ix_aaa_audit_ip_seq", "ip", "seq"),
     )
 
 
@@ -491,6 +492,33 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, default=0)
     hash: Mapped[str] = mapped_column(String(64), default=GENESIS_HASH)
+    #: HMAC of (``seq``, ``hash``) by the key with id ``key_id`` (see services/signing.py),
+    #: renewed on every append: setting the head back needs the key.
+    mac: Mapped[str | None] = mapped_column(String(64))
+    key_id: Mapped[str | None] = mapped_column(String(16))
+
+
+class AuditCheckpoint(Base):
+    """A signed statement "event ``seq`` of the trail has hash ``hash``".
+
+    ``checkpoint``: written every ``AAA_AUDIT_CHECKPOINT_EVERY`` events and on request; a
+    rewritten chain no longer matches it, and one that names an event past the end shows the
+    tail was cut off. ``anchor``: written by a purge; the trail now starts after it, and
+    verification starts from its hash. Each is also mirrored to the ``flask_aaa.audit`` log,
+    outside the database.
+    """
+
+    __tablename__ = "aaa_audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    key_id: Mapped[str] = mapped_column(String(16))
+    mac: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_aaa_audit_checkpoints_seq", "seq"),)
 
 
 def _seed_singletons(target: Table, connection: Any, **_: Any) -> None:

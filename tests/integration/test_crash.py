@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from flask_aaa.models import AuditEvent, Role
-from flask_aaa.services import audit
+from flask_aaa.services import audit, signing
 
 WRITER = textwrap.dedent(
     """
@@ -27,11 +27,12 @@ WRITER = textwrap.dedent(
     from sqlalchemy import create_engine
     from sqlalchemy.orm import Session
     from flask_aaa.db import configure_engine, writing
-    from flask_aaa.services import rbac
+    from flask_aaa.services import rbac, signing
     from flask_aaa.services.actors import Actor
 
     engine = create_engine(os.environ["URL"])
     configure_engine(engine)
+    signing.use(engine, signing.Signer([b"k" * 32], checkpoint_every=7))
     actor = Actor.system("crash-test")
     with Session(engine) as session:
         print("ready", flush=True)
@@ -57,6 +58,7 @@ def test_L07_sigkill_mid_write_leaves_actions_and_events_paired(engine, database
         child.send_signal(signal.SIGKILL)
         child.wait(30)
         child.stdout.close()
+    signing.use(engine, signing.Signer([b"k" * 32], checkpoint_every=7))
     with Session(engine) as session:
         roles = set(session.scalars(select(Role.name)))
         created = session.scalars(
@@ -67,3 +69,4 @@ def test_L07_sigkill_mid_write_leaves_actions_and_events_paired(engine, database
         assert session.scalar(select(func.count()).select_from(AuditEvent)) == len(roles)
         report = audit.verify_chain(session)
         assert report.ok, report
+        assert report.signed and report.checkpoints >= 1

@@ -203,3 +203,33 @@ def test_C01_key_is_not_in_the_exception_chain():
         check_secret_key(key)
     assert all(key not in str(arg) for arg in info.value.args)
     assert info.value.__cause__ is None
+
+
+# -- audit signing keys --
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        ["short"],
+        ["k" * 32, "k" * 32],
+        "k" * 40,  # a string, not a list of keys
+        [b"k" * 32],  # bytes are not text
+    ],
+)
+def test_bad_audit_signing_keys_are_refused_without_echoing_them(value):
+    with pytest.raises(ConfigurationError) as caught:
+        production({"AAA_AUDIT_SIGNING_KEYS": value})
+    assert "kkkk" not in str(caught.value) and "short" not in str(caught.value)
+
+
+@pytest.mark.parametrize("key", ["AAA_AUDIT_CHECKPOINT_EVERY", "AAA_AUDIT_RETENTION_DAYS"])
+def test_negative_audit_counts_are_refused(key):
+    with pytest.raises(ConfigurationError):
+        production({key: -1})
+
+
+def test_audit_signing_keys_never_appear_in_the_settings_repr():
+    settings = production({"AAA_AUDIT_SIGNING_KEYS": ["s3cr3t-" * 6]})
+    assert settings.audit_signing_keys == ("s3cr3t-" * 6,)
+    assert "s3cr3t" not in repr(settings)

@@ -22,15 +22,16 @@ import json
 import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, and_, event, func, or_, select, update
+from sqlalchemy import CursorResult, Select, Table, and_, delete, event, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ..db import utcnow, writing
 from ..errors import InvalidInput, ServiceUnavailable
-from ..models import GENESIS_HASH, AuditEvent, AuditHead, Permission, Role, User
+from ..models import GENESIS_HASH, AuditCheckpoint, AuditEvent, AuditHead, Permission, Role, User
+from . import signing
 from .actors import Actor, RequestFacts
 
 logger = logging.getLogger("flask_aaa.audit")
@@ -40,6 +41,8 @@ OUTCOMES = ("success", "failure", "denied")
 
 _PENDING = "aaa_audit_pending"
 _SEALED = "aaa_audit_sealed"
+_SEALED_CHECKPOINTS = "aaa_audit_sealed_checkpoints"
+_FORCE_CHECKPOINT = "aaa_audit_force_checkpoint"
 
 #: Words that, as a part of a ``details`` key (``new_password``, ``accessToken``,
 #: ``recovery-codes``), would put a secret into the trail.
@@ -67,6 +70,9 @@ _HASHED_FIELDS = (
     "details",
     "prev_hash",
 )
+
+#: Columns of an export, in order: the hashed fields and the event's own hash.
+EXPORT_COLUMNS = (*_HASHED_FIELDS, "hash")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -224,40 +230,88 @@ def _ts_text(ts: dt.datetime) -> str:
     return ts.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
 
 
+_EVENTS = cast(Table, AuditEvent.__table__)
+_CHECKPOINTS = cast(Table, AuditCheckpoint.__table__)
+_LOCK_HEAD = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
+_READ_HEAD = select(AuditHead.seq, AuditHead.hash, AuditHead.mac, AuditHead.key_id).where(
+    AuditHead.id == 1
+)
+_SET_HEAD = update(AuditHead).where(AuditHead.id == 1)
+
+
 @event.listens_for(Session, "before_commit")
 def _seal(db: Session) -> None:
     pending: list[tuple[AuditEvent, bool]] | None = db.info.pop(_PENDING, None)
+    force_checkpoint = db.info.pop(_FORCE_CHECKPOINT, False)
     if not pending:
         return
-    head_seq, head_hash = db.execute(
-        select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
-    ).one()
+    head_seq, head_hash = db.execute(_LOCK_HEAD).one()
+    first = head_seq
+    rows = []
     for event_, _mirror in pending:
         head_seq += 1
         event_.seq = head_seq
         event_.prev_hash = head_hash
         event_.hash = head_hash = event_hash(_fields(event_))
-    db.add_all(event_ for event_, _mirror in pending)
-    db.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=head_seq, hash=head_hash))
+        rows.append({name: getattr(event_, name) for name in EXPORT_COLUMNS})
+    # One Core insert for the batch: the events are never loaded back, so the ORM's unit of
+    # work would only add bookkeeping (they stay plain objects the caller can read).
+    db.execute(_EVENTS.insert(), rows)
+    mac = key = None
+    signer = signing.for_session(db)
+    if signer is not None:
+        mac, key = signer.sign("head", head_seq, head_hash), signer.key_id
+        every = signer.checkpoint_every
+        if force_checkpoint or (every and head_seq // every > first // every):
+            signed = _signed_row(signer, "checkpoint", head_seq, head_hash)
+            db.execute(_CHECKPOINTS.insert(), [signed])
+            db.info.setdefault(_SEALED_CHECKPOINTS, []).append(signed)
+    db.execute(_SET_HEAD.values(seq=head_seq, hash=head_hash, mac=mac, key_id=key))
     db.info.setdefault(_SEALED, []).extend(pending)
+
+
+def _signed_row(signer: signing.Signer, kind: str, seq: int, chain_hash: str) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "hash": chain_hash,
+        "kind": kind,
+        "key_id": signer.key_id,
+        "mac": signer.sign(kind, seq, chain_hash),
+        "created_at": utcnow(),
+    }
 
 
 @event.listens_for(Session, "after_commit")
 def _mirror(db: Session) -> None:
     sealed: list[tuple[AuditEvent, bool]] | None = db.info.pop(_SEALED, None)
-    if not sealed or not logger.isEnabledFor(logging.INFO):
+    checkpoints: list[dict[str, Any]] | None = db.info.pop(_SEALED_CHECKPOINTS, None)
+    if not logger.isEnabledFor(logging.INFO):
         return
-    for event_, mirror in sealed:
+    for event_, mirror in sealed or ():
         if mirror:
             # ensure_ascii: CR, LF and every other control character are escaped, so one
             # event is always exactly one line, whatever its text fields hold.
             logger.info(json.dumps(as_dict(event_), ensure_ascii=True, separators=(",", ":")))
+    for signed in checkpoints or ():
+        # Always mirrored: a copy outside the database is what shows a cut-off tail.
+        logger.info(json.dumps({"checkpoint": _checkpoint_data(signed)}, separators=(",", ":")))
+
+
+def _checkpoint_data(signed: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "seq": signed["seq"],
+        "hash": signed["hash"],
+        "kind": signed["kind"],
+        "key_id": signed["key_id"],
+        "mac": signed["mac"],
+        "created_at": _ts_text(signed["created_at"]) + "Z",
+    }
 
 
 @event.listens_for(Session, "after_soft_rollback")
 def _forget(db: Session, _transaction: Any) -> None:
-    db.info.pop(_PENDING, None)
-    db.info.pop(_SEALED, None)
+    for name in (_PENDING, _SEALED, _SEALED_CHECKPOINTS, _FORCE_CHECKPOINT):
+        db.info.pop(name, None)
 
 
 def as_dict(event_: AuditEvent) -> dict[str, Any]:
@@ -273,71 +327,341 @@ def as_dict(event_: AuditEvent) -> dict[str, Any]:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A signed statement "event ``seq`` has hash ``hash``" (see :class:`AuditCheckpoint`),
+    from the database or from a copy kept elsewhere (the ``flask_aaa.audit`` log)."""
+
+    seq: int
+    hash: str
+    kind: str
+    key_id: str
+    mac: str
+
+    @classmethod
+    def from_json_line(cls, line: str) -> Checkpoint | None:
+        """The checkpoint mirrored on a log line (``{"checkpoint": {...}}``, possibly after
+        a log prefix), or None for any other line. A malformed checkpoint is an error."""
+        brace = line.find("{")
+        if brace < 0 or '"checkpoint"' not in line:
+            return None
+        try:
+            data = json.loads(line[brace:])
+        except ValueError:
+            return None
+        inner = data.get("checkpoint") if isinstance(data, dict) else None
+        if not isinstance(inner, dict):
+            return None
+        try:
+            return cls(
+                seq=int(inner["seq"]),
+                hash=str(inner["hash"]),
+                kind=str(inner["kind"]),
+                key_id=str(inner["key_id"]),
+                mac=str(inner["mac"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInput({"checkpoints": "A checkpoint line is malformed."}) from exc
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class VerifyReport:
-    """Result of :func:`verify_chain`. ``first_bad_seq`` is None when the chain holds."""
+    """Result of :func:`verify_chain`. ``first_bad_seq`` is None when the trail holds."""
 
     checked: int
     last_seq: int
     first_bad_seq: int | None = None
     problem: str | None = None
+    #: The first event checked: 1, the one after a retention anchor, or (resuming) the one
+    #: after the last good checkpoint.
+    first_seq: int = 1
+    #: Signed checkpoints the chain was found to match.
+    checkpoints: int = 0
+    #: Whether signatures were checked (a signing key is configured).
+    signed: bool = False
 
     @property
     def ok(self) -> bool:
         return self.first_bad_seq is None and self.problem is None
 
 
-def verify_chain(db: Session, *, batch: int = 5_000) -> VerifyReport:
-    """Recompute every event's hash in ``seq`` order and check the links between them.
+class _Broken(Exception):
+    def __init__(self, seq: int, problem: str) -> None:
+        super().__init__(problem)
+        self.seq, self.problem = seq, problem
+
+
+def verify_chain(
+    db: Session,
+    *,
+    batch: int = 5_000,
+    resume: bool = False,
+    external: Sequence[Checkpoint] = (),
+) -> VerifyReport:
+    """Recompute every event's hash in ``seq`` order and check the links between them, the
+    signed checkpoints and the signed head record.
 
     Finds an edited event (its hash no longer matches), a deleted or inserted event (a gap or
-    an extra number, a broken link), a reordering (hashes cover ``seq``), and a cut-off tail
-    (the head row no longer matches the last event)."""
-    expected_seq, prev = 1, GENESIS_HASH
-    checked = 0
-    columns = [getattr(AuditEvent, name) for name in _HASHED_FIELDS] + [AuditEvent.hash]
-    lower = None  # the first batch has no lower bound, so a row numbered below 1 is seen
-    while True:
-        stmt = select(*columns).order_by(AuditEvent.seq).limit(batch)
-        if lower is not None:
-            stmt = stmt.where(AuditEvent.seq >= lower)
-        rows = db.execute(stmt).all()
-        if not rows:
-            break
-        for row in rows:
-            fields = dict(zip(_HASHED_FIELDS, row, strict=False))
-            seq = fields["seq"]
-            if seq < expected_seq:
-                return VerifyReport(checked, seq, seq, f"event {seq} is numbered out of sequence")
-            if seq != expected_seq:
-                return VerifyReport(
-                    checked, expected_seq - 1, expected_seq, f"event {expected_seq} is missing"
-                )
-            if fields["prev_hash"] != prev:
-                return VerifyReport(checked, seq, seq, "link to the previous event is broken")
-            fields["ts"] = _ts_text(fields["ts"])
-            if event_hash(fields) != row.hash:
-                return VerifyReport(checked, seq, seq, "event content does not match its hash")
-            prev = row.hash
-            expected_seq += 1
-            checked += 1
-        lower = expected_seq
-    last_seq = expected_seq - 1
-    head_seq, head_hash = db.execute(
-        select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)
-    ).one()
-    if head_seq != last_seq or head_hash != prev:
-        # More events than the head knows: the first unknown one is bad. Fewer: the first
-        # missing one is. The same number but another hash: the last one was replaced.
-        bad = head_seq + 1 if last_seq > head_seq else min(last_seq + 1, head_seq)
-        if head_seq == last_seq:
-            bad = last_seq
+    an extra number, a broken link), a reordering (hashes cover ``seq``), a chain rewritten
+    with recomputed hashes (it no longer matches a signed checkpoint or the head's
+    signature), and a cut-off tail (the head record, or a checkpoint naming a later event).
+
+    ``resume``: start after the newest checkpoint that the trail still matches instead of at
+    the beginning (what a full run checked before it is taken as good). ``external``:
+    checkpoints kept outside the database, such as the lines mirrored to the log; they are
+    checked like the stored ones, which is what catches a tail cut off together with its
+    checkpoints and the head set back to an old signed state."""
+    signer = signing.for_session(db)
+    stored = [
+        Checkpoint(row.seq, row.hash, row.kind, row.key_id, row.mac)
+        for row in db.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.seq))
+    ]
+    state = _Walk(signer)
+    try:
+        marks = state.check_signatures([*stored, *external])
+        first_seq, prev, lower = _starting_point(db, marks, resume)
+        state.first_seq, state.expected, state.prev = first_seq, first_seq, prev
+        state.walk(db, batch, lower, marks)
+        state.check_tail(db, marks)
+    except _Broken as broken:
+        return state.report(broken.seq, broken.problem)
+    return state.report()
+
+
+class _Walk:
+    """The state of one :func:`verify_chain` run."""
+
+    def __init__(self, signer: signing.Signer | None) -> None:
+        self.signer = signer
+        self.first_seq = self.expected = 1
+        self.prev = GENESIS_HASH
+        self.checked = 0
+        self.matched = 0
+        self.good_mark = 0  # the last checkpoint the chain matched
+
+    def report(self, bad: int | None = None, problem: str | None = None) -> VerifyReport:
         return VerifyReport(
-            checked,
-            last_seq,
-            bad,
-            "the trail's end does not match the head record (events cut off or added)",
+            checked=self.checked,
+            last_seq=self.expected - 1,
+            first_bad_seq=bad,
+            problem=problem,
+            first_seq=self.first_seq,
+            checkpoints=self.matched,
+            signed=self.signer is not None,
         )
-    return VerifyReport(checked, last_seq)
+
+    def check_signatures(self, checkpoints: Sequence[Checkpoint]) -> dict[int, list[Checkpoint]]:
+        marks: dict[int, list[Checkpoint]] = {}
+        for mark in checkpoints:
+            if self.signer is not None:
+                if not self.signer.knows(mark.key_id):
+                    raise _Broken(
+                        mark.seq,
+                        f"the {mark.kind} at event {mark.seq} is signed by key {mark.key_id}, "
+                        "which is not configured (keep retired keys in AAA_AUDIT_SIGNING_KEYS)",
+                    )
+                if not self.signer.verify(mark.key_id, mark.kind, mark.seq, mark.hash, mark.mac):
+                    raise _Broken(
+                        mark.seq, f"the {mark.kind} at event {mark.seq} has an invalid signature"
+                    )
+            marks.setdefault(mark.seq, []).append(mark)
+        return marks
+
+    def walk(
+        self, db: Session, batch: int, lower: int | None, marks: dict[int, list[Checkpoint]]
+    ) -> None:
+        columns = [getattr(AuditEvent, name) for name in _HASHED_FIELDS] + [AuditEvent.hash]
+        while True:
+            stmt = select(*columns).order_by(AuditEvent.seq).limit(batch)
+            if lower is not None:
+                stmt = stmt.where(AuditEvent.seq >= lower)
+            rows = db.execute(stmt).all()
+            if not rows:
+                return
+            for row in rows:
+                self._step(row, marks.get(row.seq))
+            lower = self.expected
+
+    def _step(self, row: Any, marks: list[Checkpoint] | None) -> None:
+        fields = dict(zip(_HASHED_FIELDS, row, strict=False))
+        seq = fields["seq"]
+        if seq < self.expected:
+            raise _Broken(seq, f"event {seq} is numbered out of sequence")
+        if seq != self.expected:
+            raise _Broken(self.expected, f"event {self.expected} is missing")
+        if fields["prev_hash"] != self.prev:
+            raise _Broken(seq, "link to the previous event is broken")
+        fields["ts"] = _ts_text(fields["ts"])
+        if event_hash(fields) != row.hash:
+            raise _Broken(seq, "event content does not match its hash")
+        for mark in marks or ():
+            if mark.hash != row.hash:
+                since = self.good_mark + 1
+                raise _Broken(
+                    since,
+                    f"events {since} to {seq} were rewritten: the chain no longer matches "
+                    f"the signed {mark.kind} at event {seq}",
+                )
+        if marks:
+            self.good_mark = seq
+            self.matched += 1
+        self.prev = row.hash
+        self.expected += 1
+        self.checked += 1
+
+    def check_tail(self, db: Session, marks: dict[int, list[Checkpoint]]) -> None:
+        last_seq = self.expected - 1
+        beyond = [seq for seq in marks if seq > last_seq]
+        if beyond:
+            raise _Broken(
+                last_seq + 1,
+                f"the trail ends at event {last_seq}, but a signed checkpoint records event "
+                f"{max(beyond)}: events were cut off",
+            )
+        head_seq, head_hash, head_mac, head_key = db.execute(_READ_HEAD).one()
+        if head_seq != last_seq or head_hash != self.prev:
+            # More events than the head knows: the first unknown one is bad. Fewer: the first
+            # missing one is. The same number but another hash: the last one was replaced.
+            bad = head_seq + 1 if last_seq > head_seq else min(last_seq + 1, head_seq)
+            if head_seq == last_seq:
+                bad = last_seq
+            raise _Broken(
+                bad, "the trail's end does not match the head record (events cut off or added)"
+            )
+        if self.signer is None or head_seq == 0:
+            return
+        if head_mac is None:
+            raise _Broken(
+                last_seq + 1,
+                "the head record is not signed (after upgrading, sign it once with "
+                "`flask aaa audit checkpoint`)",
+            )
+        if not self.signer.verify(head_key, "head", head_seq, head_hash, head_mac):
+            raise _Broken(
+                last_seq + 1,
+                "the head record's signature is invalid: events after it may have been cut off",
+            )
+
+
+def _starting_point(
+    db: Session, marks: dict[int, list[Checkpoint]], resume: bool
+) -> tuple[int, str, int | None]:
+    """Where verification starts: (the first ``seq`` to check, the hash before it, the lower
+    bound of the first read, None to read from the very first row so that rows numbered
+    below the start are seen)."""
+    if resume:
+        last = db.scalar(select(func.max(AuditEvent.seq))) or 0
+        for seq in sorted((s for s in marks if s <= last), reverse=True):
+            stored = db.scalar(select(AuditEvent.hash).where(AuditEvent.seq == seq))
+            if stored is not None and any(m.hash == stored for m in marks[seq]):
+                return seq + 1, stored, seq + 1
+    first = db.scalar(select(func.min(AuditEvent.seq)))
+    if first is None or first <= 1:
+        return 1, GENESIS_HASH, None
+    anchors = sorted(
+        (m for ms in marks.values() for m in ms if m.kind == "anchor"), key=lambda m: m.seq
+    )
+    for anchor in reversed(anchors):
+        if anchor.seq < first:
+            # Events up to the anchor were purged; a gap after it is still a gap.
+            return anchor.seq + 1, anchor.hash, None
+    raise _Broken(1, f"events 1 to {first - 1} are missing and no signed anchor covers them")
+
+
+# -- checkpoints and retention --
+
+
+def checkpoint(db: Session, *, actor: Actor, facts: RequestFacts | None = None) -> AuditEvent:
+    """Record ``audit.checkpoint`` and, when ``db`` commits, sign the trail's end (that
+    event included) as a checkpoint. Run it from cron to bound what a cut-off tail could
+    hide, and once after upgrading to sign the head record."""
+    signer = _signer_or_refuse(db)
+    event_ = record(
+        db, action="audit.checkpoint", actor=actor, details={"signer": signer.key_id}, facts=facts
+    )
+    db.info[_FORCE_CHECKPOINT] = True
+    return event_
+
+
+def checkpoint_at(db: Session, seq: int) -> dict[str, Any] | None:
+    """The newest signed checkpoint or anchor at ``seq``, as mirrored to the log."""
+    found = db.scalar(
+        select(AuditCheckpoint)
+        .where(AuditCheckpoint.seq == seq)
+        .order_by(AuditCheckpoint.id.desc())
+        .limit(1)
+    )
+    if found is None:
+        return None
+    return _checkpoint_data(
+        {c: getattr(found, c) for c in ("seq", "hash", "kind", "key_id", "mac", "created_at")}
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PurgeResult:
+    """What :func:`purge` removed: events up to and including ``through``."""
+
+    through: int
+    deleted: int
+
+
+def purge(
+    db: Session,
+    *,
+    older_than: dt.timedelta,
+    actor: Actor,
+    facts: RequestFacts | None = None,
+    now: dt.datetime | None = None,
+) -> PurgeResult:
+    """Delete the events older than ``older_than``, keeping a signed anchor for the last one
+    deleted so that what remains still verifies, and record ``audit.purged``; all in ``db``'s
+    transaction. The events kept start at the first one not older than the cut-off (a clock
+    that went back cannot leave a hole). The whole trail is verified first: a purge never
+    launders a broken trail into a clean-looking one. Nothing to delete records nothing."""
+    if older_than < dt.timedelta(days=1):
+        raise InvalidInput({"older_than": "Keep at least one day of events."})
+    signer = _signer_or_refuse(db)
+    report = verify_chain(db)
+    if not report.ok:
+        raise InvalidInput(
+            {"trail": f"The trail is broken at event {report.first_bad_seq}: {report.problem}."}
+        )
+    cutoff = (now or utcnow()) - older_than
+    first_kept = db.scalar(select(func.min(AuditEvent.seq)).where(AuditEvent.ts >= cutoff))
+    through = (first_kept - 1) if first_kept is not None else report.last_seq
+    if through < report.first_seq:
+        return PurgeResult(through=report.first_seq - 1, deleted=0)
+    through_hash = db.scalar(select(AuditEvent.hash).where(AuditEvent.seq == through))
+    if through_hash is None:  # verified a moment ago; only a concurrent purge gets here
+        raise InvalidInput({"trail": "The trail changed during the purge; run it again."})
+    anchor = _signed_row(signer, "anchor", through, through_hash)
+    gone = db.execute(delete(AuditEvent).where(AuditEvent.seq <= through))
+    deleted = int(cast(CursorResult[Any], gone).rowcount)
+    db.execute(delete(AuditCheckpoint).where(AuditCheckpoint.seq <= through))
+    db.execute(_CHECKPOINTS.insert(), [anchor])
+    db.info.setdefault(_SEALED_CHECKPOINTS, []).append(anchor)
+    days = older_than.total_seconds() / 86_400
+    record(
+        db,
+        action="audit.purged",
+        actor=actor,
+        details={
+            "through": through,
+            "deleted": deleted,
+            "older_than_days": int(days) if days == int(days) else round(days, 3),
+        },
+        facts=facts,
+    )
+    return PurgeResult(through=through, deleted=deleted)
+
+
+def _signer_or_refuse(db: Session) -> signing.Signer:
+    signer = signing.for_session(db)
+    if signer is None:
+        raise ServiceUnavailable(
+            "No audit signing key is configured for this database (see AAA_AUDIT_SIGNING_KEYS)."
+        )
+    return signer
 
 
 # -- query and export --
@@ -489,9 +813,6 @@ def daily_counts(
         out[action][when] = out[action].get(when, 0) + int(count)
     return out
 
-
-#: Columns of an export, in order: the hashed fields and the event's own hash.
-EXPORT_COLUMNS = (*_HASHED_FIELDS, "hash")
 
 #: A spreadsheet reads a cell starting with one of these as a formula (or, for tab and
 #: carriage return, strips it and looks again), so exported text starting with one is
