@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
 from . import migrations
+from .compat.cli import migrate_flask_user
 from .db import writing
 from .errors import AAAError, NotFound
 from .models import Role, User
@@ -36,6 +37,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 aaa_cli = AppGroup(
     "aaa", help="Flask-AAA: users, roles, permissions, the audit trail and the database."
 )
+aaa_cli.add_command(migrate_flask_user)
 
 
 def _actor() -> Actor:
