@@ -24,7 +24,20 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Select, Table, and_, delete, event, func, or_, select, update
+from sqlalchemy import (
+    CursorResult,
+    DateTime,
+    Select,
+    Table,
+    and_,
+    delete,
+    event,
+    func,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -197,11 +210,21 @@ def record_apart(
         _park(db, event_, mirror)
 
 
+#: The encoding of an exported line (the same as the hash's, for objects).
+_LINE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+#: The canonical encoding of the hashed fields: a JSON array, UTF-8, no spaces.
+_CANONICAL = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+
+
 def event_hash(fields: Mapping[str, Any]) -> str:
     """SHA-256 over the canonical JSON encoding of an event's hashed fields."""
-    values = [fields[name] for name in _HASHED_FIELDS]
-    encoded = json.dumps(values, ensure_ascii=False, separators=(",", ":"), default=str)
-    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+    return _hash_values([fields[name] for name in _HASHED_FIELDS])
+
+
+def _hash_values(values: list[Any]) -> str:
+    """:func:`event_hash` of the hashed fields given in their order, ``ts`` as text."""
+    return hashlib.sha256(_CANONICAL.encode(values).encode("utf-8")).hexdigest()
 
 
 def _fields(event_: AuditEvent) -> dict[str, Any]:
@@ -232,6 +255,17 @@ def _ts_text(ts: dt.datetime) -> str:
 
 _EVENTS = cast(Table, AuditEvent.__table__)
 _CHECKPOINTS = cast(Table, AuditCheckpoint.__table__)
+#: The columns read to check or export events, in :data:`EXPORT_COLUMNS` order, read as
+#: Core rows. ``ts`` is read as stored (naive UTC): its ISO text is the canonical form
+#: directly, without the round trip through an aware datetime.
+_STORED_COLUMNS = [
+    type_coerce(_EVENTS.c.ts, DateTime()).label("ts") if name == "ts" else _EVENTS.c[name]
+    for name in EXPORT_COLUMNS
+]
+_TS = EXPORT_COLUMNS.index("ts")
+_SEQ = EXPORT_COLUMNS.index("seq")
+_PREV = EXPORT_COLUMNS.index("prev_hash")
+_HASH = EXPORT_COLUMNS.index("hash")
 _LOCK_HEAD = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
 _READ_HEAD = select(AuditHead.seq, AuditHead.hash, AuditHead.mac, AuditHead.key_id).where(
     AuditHead.id == 1
@@ -469,32 +503,32 @@ class _Walk:
     def walk(
         self, db: Session, batch: int, lower: int | None, marks: dict[int, list[Checkpoint]]
     ) -> None:
-        columns = [getattr(AuditEvent, name) for name in _HASHED_FIELDS] + [AuditEvent.hash]
         while True:
-            stmt = select(*columns).order_by(AuditEvent.seq).limit(batch)
+            stmt = select(*_STORED_COLUMNS).order_by(_EVENTS.c.seq).limit(batch)
             if lower is not None:
-                stmt = stmt.where(AuditEvent.seq >= lower)
+                stmt = stmt.where(_EVENTS.c.seq >= lower)
             rows = db.execute(stmt).all()
             if not rows:
                 return
             for row in rows:
-                self._step(row, marks.get(row.seq))
+                self._step(row, marks.get(row[_SEQ]) if marks else None)
             lower = self.expected
 
     def _step(self, row: Any, marks: list[Checkpoint] | None) -> None:
-        fields = dict(zip(_HASHED_FIELDS, row, strict=False))
-        seq = fields["seq"]
+        seq = row[_SEQ]
         if seq < self.expected:
             raise _Broken(seq, f"event {seq} is numbered out of sequence")
         if seq != self.expected:
             raise _Broken(self.expected, f"event {self.expected} is missing")
-        if fields["prev_hash"] != self.prev:
+        if row[_PREV] != self.prev:
             raise _Broken(seq, "link to the previous event is broken")
-        fields["ts"] = _ts_text(fields["ts"])
-        if event_hash(fields) != row.hash:
+        values = list(row[:_HASH])
+        values[_TS] = values[_TS].isoformat(timespec="microseconds")
+        stored = row[_HASH]
+        if _hash_values(values) != stored:
             raise _Broken(seq, "event content does not match its hash")
         for mark in marks or ():
-            if mark.hash != row.hash:
+            if mark.hash != stored:
                 since = self.good_mark + 1
                 raise _Broken(
                     since,
@@ -504,7 +538,7 @@ class _Walk:
         if marks:
             self.good_mark = seq
             self.matched += 1
-        self.prev = row.hash
+        self.prev = stored
         self.expected += 1
         self.checked += 1
 
@@ -823,27 +857,30 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 def _export_rows(db: Session, flt: AuditFilter, batch: int) -> Iterator[dict[str, Any]]:
     """Every matching event, oldest first, as plain data, read in batches by ``seq`` so that
     memory stays constant however long the trail is."""
-    columns = [getattr(AuditEvent, name) for name in EXPORT_COLUMNS]
     after: int | None = None  # no lower bound at first: every row is exported, even forged ones
     while True:
-        stmt = flt.apply(select(*columns))
+        stmt = flt.apply(select(*_STORED_COLUMNS))
         if after is not None:
-            stmt = stmt.where(AuditEvent.seq > after)
-        rows = db.execute(stmt.order_by(AuditEvent.seq).limit(batch)).all()
+            stmt = stmt.where(_EVENTS.c.seq > after)
+        rows = db.execute(stmt.order_by(_EVENTS.c.seq).limit(batch)).all()
         if not rows:
             return
         for row in rows:
-            data = row._asdict()
-            data["ts"] = _ts_text(data["ts"]) + "Z"
+            data = dict(zip(EXPORT_COLUMNS, row, strict=True))
+            data["ts"] = row[_TS].isoformat(timespec="microseconds") + "Z"
             yield data
-        after = rows[-1].seq
+        after = rows[-1][_SEQ]
 
 
 def export_jsonl(db: Session, flt: AuditFilter, *, batch: int = 2_000) -> Iterator[str]:
     """Every matching event, oldest first, one JSON object per line (``details`` decoded)."""
     for data in _export_rows(db, flt, batch):
-        data["details"] = json.loads(data["details"] or "{}")
-        yield json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n"
+        details = data.pop("details") or "{}"
+        try:
+            json.loads(details)  # stored text is spliced in as is, once known to be JSON
+        except ValueError:
+            details = _LINE.encode(details)  # not JSON (tampered): exported as a string
+        yield f'{_LINE.encode(data)[:-1]},"details":{details}}}\n'
 
 
 def export_csv(db: Session, flt: AuditFilter, *, batch: int = 2_000) -> Iterator[str]:
