@@ -193,6 +193,8 @@ ADMIN_ENDPOINTS = [
     ("get", "/explain?user=1&permission=x:y", None),
     ("get", "/permissions", None),
     ("get", "/audit", None),
+    ("get", "/audit/export?format=csv", None),
+    ("get", "/audit/export?format=jsonl", None),
     ("get", "/audit/1", None),
 ]
 

@@ -35,6 +35,7 @@ ADMIN_ENDPOINTS = {
     "aaa_admin.remove_permission": "aaa:roles:write",
     "aaa_admin.audit_trail": "aaa:audit:read",
     "aaa_admin.audit_export": "aaa:audit:read",
+    "aaa_admin.audit_export_csv": "aaa:audit:read",
     "aaa_admin.audit_verify": "aaa:audit:read",
     "aaa_admin.revoke_sessions": "aaa:users:write",
     "aaa_admin.unlock": "aaa:users:write",

@@ -5,6 +5,10 @@ only its SHA-256. A session ends when it is revoked (logout, password change, di
 account, an administrator), after an idle period, or at its absolute lifetime, whichever
 comes first; every worker checks the record on every request, so an ended session fails on
 its very next request.
+
+The same records answer the usage questions (:func:`usage`, :func:`active_counts`): when
+and from where a user last signed in, how often, how many sessions are active, and how long
+their sign-ins last.
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ import dataclasses
 import datetime as dt
 import hmac
 import secrets
+import statistics
+from collections.abc import Iterable
+from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import ColumnElement, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from ..config import Settings
@@ -354,20 +361,8 @@ def revoke_by_admin(
 def active_count(db: Session, *, settings: Settings, now: dt.datetime | None = None) -> int:
     """Sessions that would be accepted now: not revoked, not past their lifetime, used
     within the idle timeout."""
-    now = now or utcnow()
-    idle = now - dt.timedelta(seconds=settings.session_idle_timeout)
-    return int(
-        db.scalar(
-            select(func.count())
-            .select_from(LoginSession)
-            .where(
-                LoginSession.revoked_at.is_(None),
-                LoginSession.expires_at > now,
-                LoginSession.last_seen_at >= idle,
-            )
-        )
-        or 0
-    )
+    stmt = select(func.count()).select_from(LoginSession).where(*_active(settings, now or utcnow()))
+    return int(db.scalar(stmt) or 0)
 
 
 def active_per_day(db: Session, days: list[dt.date]) -> dict[dt.date, int]:
@@ -389,6 +384,155 @@ def active_per_day(db: Session, days: list[dt.date]) -> dict[dt.date, int]:
             if created.date() <= day <= end.date():
                 counts[day] += 1
     return counts
+
+
+def active_counts(
+    db: Session, user_ids: Iterable[int], *, settings: Settings, now: dt.datetime | None = None
+) -> dict[int, int]:
+    """For each of ``user_ids``, how many of its sessions are active (as in :func:`usage`):
+    one grouped query, for a page of users. Users without one are left out."""
+    ids = sorted(set(user_ids))
+    if not ids:
+        return {}
+    stmt = (
+        select(LoginSession.user_id, func.count())
+        .where(LoginSession.user_id.in_(ids), *_active(settings, now or utcnow()))
+        .group_by(LoginSession.user_id)
+    )
+    return {int(user_id): int(count) for user_id, count in db.execute(stmt)}
+
+
+# -- usage accounting --
+
+#: The duration figures of :func:`usage` cover at most this many of the user's latest
+#: sign-ins...
+USAGE_SESSIONS = 50
+#: ...opened within this many days.
+USAGE_DAYS = 90
+#: Why a session ends when the browser gets a new session id: the visit goes on in the
+#: session opened at that moment, so the figures count the two as one sign-in.
+ROTATION_REASONS = frozenset({"rotated", "reauthenticated", "mfa_enabled", "privileges_changed"})
+#: Longest gap between a rotated session's end and its successor's start (both are written
+#: in one transaction, microseconds apart).
+_ROTATION_GAP = dt.timedelta(seconds=5)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Usage:
+    """How a user uses their account (see :func:`usage`). Times are UTC."""
+
+    last_login_at: dt.datetime | None
+    last_login_ip: str | None
+    login_count: int
+    #: Sessions that would be accepted now: not revoked, before their absolute end, used
+    #: within the idle timeout. Impersonation sessions on the account count here.
+    active_sessions: int
+    #: Sign-ins the duration figures cover: the user's own (impersonation left out), at
+    #: most :data:`USAGE_SESSIONS`, opened in the last :data:`USAGE_DAYS` days.
+    recent_sessions: int
+    #: Median and longest duration of those sign-ins; None when there is none.
+    median_duration: dt.timedelta | None
+    longest_duration: dt.timedelta | None
+
+
+def _active(settings: Settings, now: dt.datetime) -> tuple[ColumnElement[bool], ...]:
+    idle = now - dt.timedelta(seconds=settings.session_idle_timeout)
+    return (
+        LoginSession.revoked_at.is_(None),
+        LoginSession.expires_at > now,
+        LoginSession.last_seen_at >= idle,
+    )
+
+
+def usage(db: Session, user_id: int, now: dt.datetime, *, settings: Settings) -> Usage:
+    """Sign-in figures of one user, in two queries: the user's counters with the number of
+    active sessions, then their latest own sessions for the durations.
+
+    A session lasts from its start to its revocation (sign-out, or an administrator) if it
+    was revoked while still alive; otherwise, when it lapsed (idle or past its absolute end)
+    or is still active, to when it was last used. A session ended only to give the browser
+    a new id (:data:`ROTATION_REASONS`) and the one that took over from it count as one.
+    Sessions in which an administrator acted as the user are not the user's own use: they
+    are left out of the durations. Raises :class:`NotFound` for an unknown user."""
+    active = (
+        select(func.count())
+        .select_from(LoginSession)
+        .where(LoginSession.user_id == user_id, *_active(settings, now))
+        .scalar_subquery()
+    )
+    row = db.execute(
+        select(User.last_login_at, User.last_login_ip, User.login_count, active).where(
+            User.id == user_id
+        )
+    ).first()
+    if row is None:
+        raise NotFound("No such user.")
+    recent = db.execute(
+        select(
+            LoginSession.created_at,
+            LoginSession.last_seen_at,
+            LoginSession.expires_at,
+            LoginSession.revoked_at,
+            LoginSession.revoked_reason,
+            LoginSession.user_agent,
+        )
+        .where(
+            LoginSession.user_id == user_id,
+            LoginSession.impersonator_id.is_(None),
+            LoginSession.created_at >= now - dt.timedelta(days=USAGE_DAYS),
+            LoginSession.created_at <= now,
+        )
+        .order_by(LoginSession.created_at.desc(), LoginSession.id.desc())
+        .limit(USAGE_SESSIONS)
+    ).all()
+    durations = _sign_in_durations(
+        reversed(recent), dt.timedelta(seconds=settings.session_idle_timeout)
+    )
+    seconds = [d.total_seconds() for d in durations]
+    return Usage(
+        last_login_at=row[0],
+        last_login_ip=row[1],
+        login_count=int(row[2] or 0),
+        active_sessions=int(row[3] or 0),
+        recent_sessions=len(durations),
+        median_duration=dt.timedelta(seconds=statistics.median(seconds)) if seconds else None,
+        longest_duration=max(durations) if durations else None,
+    )
+
+
+@dataclasses.dataclass(slots=True)
+class _Span:
+    start: dt.datetime
+    end: dt.datetime
+    #: The last session of the span was ended for a new id: when, and from which browser.
+    rotated_at: dt.datetime | None
+    user_agent: str | None
+
+
+def _sign_in_durations(rows: Iterable[Any], idle: dt.timedelta) -> list[dt.timedelta]:
+    """The duration of each sign-in in ``rows`` (sessions, oldest first), rotated
+    sessions joined to the session that continued them."""
+    spans: list[_Span] = []
+    for created, seen, expires, revoked, reason, agent in rows:
+        alive_until = min(expires, seen + idle)
+        end = revoked if revoked is not None and revoked <= alive_until else seen
+        rotated_at = revoked if revoked is not None and reason in ROTATION_REASONS else None
+        before = next(
+            (
+                span
+                for span in reversed(spans)
+                if span.rotated_at is not None
+                and span.user_agent == agent
+                and abs(created - span.rotated_at) <= _ROTATION_GAP
+            ),
+            None,
+        )
+        if before is None:
+            spans.append(_Span(created, max(end, created), rotated_at, agent))
+        else:
+            before.end = max(before.end, end)
+            before.rotated_at = rotated_at
+    return [span.end - span.start for span in spans]
 
 
 def _device(record: LoginSession) -> str:

@@ -1,9 +1,14 @@
-"""The signed-in user's own pages: "my activity" and its download, the list of their
-sessions (revoke one, or all others), their API tokens (mint, list, revoke), and the
-password confirmation for sensitive actions."""
+"""The signed-in user's own pages: "my activity" and its download (JSON Lines or CSV), the
+list of their sessions with their usage figures (revoke one, or all others), their API
+tokens (mint, list, revoke), and the password confirmation for sensitive actions.
+
+Also the pieces other views share: how a session, a page of events, the usage figures and an
+export download look, and the ``aaa_duration`` template filter."""
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import (
@@ -17,7 +22,9 @@ from flask import (
     stream_with_context,
     url_for,
 )
+from sqlalchemy.orm import Session
 
+from ..db import utcnow
 from ..errors import InvalidInput
 from ..models import LoginSession
 from ..services import accounts, audit, sessions, tokens
@@ -51,12 +58,71 @@ def page_json(page: audit.Page) -> dict[str, Any]:
     return {"events": [audit.as_dict(e) for e in page.events], "next_before": page.next_before}
 
 
+def duration_text(value: dt.timedelta | None) -> str:
+    """A duration as people read it: ``45 s``, ``12 min``, ``2 h 5 min``, ``3 d 4 h``
+    (rounded down); ``—`` for None."""
+    if value is None:
+        return "—"
+    seconds = max(int(value.total_seconds()), 0)
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes = rest // 60
+    if days:
+        return f"{days} d {hours} h" if hours else f"{days} d"
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    if minutes:
+        return f"{minutes} min"
+    return f"{seconds} s"
+
+
+def _seconds(value: dt.timedelta | None) -> int | None:
+    return None if value is None else int(value.total_seconds())
+
+
+def usage_json(usage: sessions.Usage) -> dict[str, Any]:
+    """The usage figures for JSON clients; durations in whole seconds."""
+    return {
+        "last_login_at": usage.last_login_at.isoformat() if usage.last_login_at else None,
+        "last_login_ip": usage.last_login_ip,
+        "login_count": usage.login_count,
+        "active_sessions": usage.active_sessions,
+        "recent_sessions": usage.recent_sessions,
+        "median_session_seconds": _seconds(usage.median_duration),
+        "longest_session_seconds": _seconds(usage.longest_duration),
+    }
+
+
+def usage_of(db: Session, user_id: int) -> sessions.Usage:
+    return sessions.usage(db, user_id, utcnow(), settings=state().settings)
+
+
+#: The download formats of the audit trail: the service that writes each, and its type.
+EXPORTS: dict[str, tuple[Callable[..., Iterator[str]], str]] = {
+    "jsonl": (audit.export_jsonl, "application/x-ndjson"),
+    "csv": (audit.export_csv, "text/csv"),
+}
+
+
+def export_download(flt: audit.AuditFilter, fmt: str, name: str) -> Response:
+    """The events matching ``flt`` as the attachment ``name.<fmt>``, streamed: the rows are
+    read in batches while the answer is sent, so memory stays flat however long the trail."""
+    write, mimetype = EXPORTS[fmt]
+    lines = write(db_session(), flt)
+    response = Response(stream_with_context(lines), mimetype=mimetype)
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}.{fmt}"'
+    return response
+
+
 def create_blueprint() -> Blueprint:
     bp = Blueprint("aaa_account", __name__)
     limiter = state().limiter
 
     def user_key() -> str:
         return f"user:{signed_in_user().id}"
+
+    # Registered here, on every app, for the account pages and the console alike.
+    bp.add_app_template_filter(duration_text, "aaa_duration")
 
     @bp.get("/activity")
     @login_required
@@ -80,13 +146,24 @@ def create_blueprint() -> Blueprint:
     @bp.get("/sessions")
     @login_required
     def session_list() -> Any:
-        """Where the user is signed in: device, address, when it started and was last used."""
+        """Where the user is signed in: device, address, when it started and was last used;
+        and their usage figures (last sign-in, sign-ins, session durations)."""
         user = signed_in_user()
         current = login_session()
-        live = sessions.live_sessions(db_session(), user)
+        db = db_session()
+        live = sessions.live_sessions(db, user)
+        usage = usage_of(db, user.id)
         if wants_json():
-            return jsonify({"sessions": [session_json(r, current) for r in live]})
-        return render_template("aaa/sessions.html", sessions=live, current=current)
+            return jsonify(
+                {"sessions": [session_json(r, current) for r in live], "usage": usage_json(usage)}
+            )
+        return render_template(
+            "aaa/sessions.html",
+            sessions=live,
+            current=current,
+            usage=usage,
+            usage_days=sessions.USAGE_DAYS,
+        )
 
     @bp.post("/sessions/<int(max=2147483647):session_id>/revoke")
     @login_required
@@ -226,12 +303,15 @@ def create_blueprint() -> Blueprint:
     @bp.get("/activity.jsonl")
     @login_required
     def activity_export() -> Response:
-        """Download of the user's own events as JSON Lines."""
-        user = signed_in_user()
-        flt = audit.AuditFilter(involving_user=user.id)
-        lines = audit.export_jsonl(db_session(), flt)
-        response = Response(stream_with_context(lines), mimetype="application/x-ndjson")
-        response.headers["Content-Disposition"] = 'attachment; filename="my-activity.jsonl"'
-        return response
+        """Download of all the user's own events as JSON Lines."""
+        flt = audit.AuditFilter(involving_user=signed_in_user().id)
+        return export_download(flt, "jsonl", "my-activity")
+
+    @bp.get("/activity.csv")
+    @login_required
+    def activity_export_csv() -> Response:
+        """The same download as CSV, for a spreadsheet (formula-like cells are guarded)."""
+        flt = audit.AuditFilter(involving_user=signed_in_user().id)
+        return export_download(flt, "csv", "my-activity")
 
     return bp

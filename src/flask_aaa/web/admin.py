@@ -1,6 +1,7 @@
 """Administration console: users (search, create, enable and disable, roles, permissions,
-sessions, tokens). Roles, permissions and explain are in :mod:`.admin_roles`; the audit
-trail and the dashboard in :mod:`.admin_trail`; all three share one blueprint, ``aaa_admin``.
+sessions and usage figures, tokens). Roles, permissions and explain are in
+:mod:`.admin_roles`; the audit trail and the dashboard in :mod:`.admin_trail`; all three
+share one blueprint, ``aaa_admin``.
 
 Every page needs an ``aaa:*`` permission; every change goes through the same services as the
 CLI, which check the actor's rights again (nobody grants what they do not hold) and audit it.
@@ -14,10 +15,12 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, render_template, request, url_for
 from sqlalchemy import select
 
+from ..db import utcnow
 from ..errors import InvalidInput
 from ..models import SERVICE, LoginSession, Role, User
 from ..services import accounts, lockout, mfa, rbac, sessions, tokens
 from . import admin_roles, admin_trail
+from .account import usage_json, usage_of
 from .admin_common import done, find_user_or_404, query_arg, user_row
 from .context import current_actor, db_session, request_facts, state
 from .decorators import permissions_required
@@ -78,12 +81,23 @@ def create_blueprint() -> Blueprint:
             role=filters.get("role"),
             kind=filters.get("kind"),
         )
+        in_use = sessions.active_counts(
+            db, (u.id for u in rows), settings=state().settings, now=utcnow()
+        )
         if wants_json():
-            return jsonify({"users": [user_row(u) for u in rows], "next_after": next_after})
+            return jsonify(
+                {
+                    "users": [
+                        {**user_row(u), "active_sessions": in_use.get(u.id, 0)} for u in rows
+                    ],
+                    "next_after": next_after,
+                }
+            )
         return Response(
             render_template(
                 "aaa/admin_users.html",
                 users=rows,
+                active_sessions=in_use,
                 next_after=next_after,
                 filters=filters,
                 kinds=accounts.KINDS,
@@ -141,6 +155,7 @@ def create_blueprint() -> Blueprint:
             return jsonify(
                 {
                     "user": user_row(user),
+                    "usage": usage_json(usage_of(db, user.id)),
                     "live_sessions": len(live),
                     "sessions": [_session_row(s) for s in live],
                     "effective_roles": [
@@ -169,6 +184,8 @@ def create_blueprint() -> Blueprint:
                 direct_permissions=sorted(p.name for p in user.permissions),
                 effective_permissions=sorted(rbac.load_grants(db, user.id).permissions),
                 live_sessions=live if live is not None else sessions.live_sessions(db, user),
+                usage=usage_of(db, user.id),
+                usage_days=sessions.USAGE_DAYS,
                 locked=lockout.is_locked(user),
                 tokens=tokens.tokens_of(db, user),
                 token_status=tokens.status,

@@ -1,5 +1,6 @@
-"""Administration console: the audit trail (filters, detail, export, verification) and the
-dashboard of activity charts. Everything here needs ``aaa:audit:read``.
+"""Administration console: the audit trail (filters, detail, export as JSON Lines or CSV,
+verification) and the dashboard of activity charts. Everything here needs
+``aaa:audit:read``.
 
 Registered on the ``aaa_admin`` blueprint by :func:`register`.
 """
@@ -18,7 +19,6 @@ from flask import (
     redirect,
     render_template,
     request,
-    stream_with_context,
     url_for,
 )
 
@@ -26,7 +26,7 @@ from ..db import utcnow
 from ..errors import NotFound
 from ..services import accounts, audit, rbac, sessions
 from . import charts
-from .account import page_json
+from .account import export_download, page_json
 from .context import db_session, state
 from .decorators import permissions_required
 from .forms import audit_filter, filter_args, parse_cursor
@@ -186,10 +186,15 @@ def register(bp: Blueprint) -> None:
     @bp.get("/audit.jsonl")
     @permissions_required(rbac.READ_AUDIT)
     def audit_export() -> Response:
-        lines = audit.export_jsonl(db_session(), _filter_from_args())
-        response = Response(stream_with_context(lines), mimetype="application/x-ndjson")
-        response.headers["Content-Disposition"] = 'attachment; filename="audit.jsonl"'
-        return response
+        """The events matching the page's filters, oldest first, as JSON Lines."""
+        return export_download(_filter_from_args(), "jsonl", "audit")
+
+    @bp.get("/audit.csv")
+    @permissions_required(rbac.READ_AUDIT)
+    def audit_export_csv() -> Response:
+        """The same as CSV, for a spreadsheet. Cells that would run as a formula start with
+        ``'``, so check hashes against the JSON Lines export, which is verbatim."""
+        return export_download(_filter_from_args(), "csv", "audit")
 
     @bp.post("/audit/verify")
     @permissions_required(rbac.READ_AUDIT)

@@ -8,7 +8,8 @@ which a token has only if its scopes and its owner's current grants both hold it
 Views are thin: read the query or the JSON body (an allowlist: any other field is a 400),
 call the same service as the HTML pages and the CLI, and serialize. Services record the
 audit event of every change in the transaction the view commits once. Lists are
-``{"items": [...], "next_cursor": ...}`` with keyset pagination behind an opaque cursor.
+``{"items": [...], "next_cursor": ...}`` with keyset pagination behind an opaque cursor;
+exports of the trail are not paged but streamed, as JSON Lines or CSV.
 The OpenAPI document that describes all of it is :mod:`flask_aaa.web.openapi`.
 """
 
@@ -27,7 +28,7 @@ from ..errors import InvalidInput, NotFound
 from ..models import ApiToken, AuditEvent, Permission, Role, User
 from ..services import accounts, audit, rbac, sessions, tokens
 from . import openapi
-from .account import session_json
+from .account import EXPORTS, export_download, session_json, usage_json, usage_of
 from .bearer import current_token, via
 from .context import current_actor, db_session, login_session, request_facts, signed_in_user, state
 from .decorators import auth_required, permissions_required, public
@@ -64,11 +65,11 @@ def admin(permission: str) -> Callable[[F], F]:
 # -- reading the request --
 
 
-def query_args(allowed: Iterable[str]) -> dict[str, str]:
-    """The query arguments named in ``allowed`` (plus ``limit`` and ``cursor``). Any other
-    name is a 400, so a misspelt filter never silently lists everything; so is an empty
-    value, which would otherwise mean "no filter"."""
-    names = set(allowed) | {"limit", "cursor"}
+def query_args(allowed: Iterable[str], *, paged: bool = True) -> dict[str, str]:
+    """The query arguments named in ``allowed`` (plus ``limit`` and ``cursor`` if
+    ``paged``). Any other name is a 400, so a misspelt filter never silently lists
+    everything; so is an empty value, which would otherwise mean "no filter"."""
+    names = set(allowed) | ({"limit", "cursor"} if paged else set())
     errors = {key[:64]: "Unknown parameter." for key in request.args if key not in names}
     out: dict[str, str] = {}
     for name in names:
@@ -286,6 +287,36 @@ def events_page(flt: audit.AuditFilter, listing: str, args: dict[str, str]) -> R
     return page((audit.as_dict(e) for e in found.events), encode_cursor(listing, found.next_before))
 
 
+#: The filters of the administrators' trail, listed and exported alike.
+AUDIT_FILTERS = ("actor", "target_type", "target_id", "action", "outcome", "ip", "since", "until")
+#: The filters of a user's own activity, listed and exported alike.
+ACTIVITY_FILTERS = ("action", "outcome", "since", "until")
+
+
+def trail_filter(args: dict[str, str]) -> audit.AuditFilter:
+    """The administrators' filters of the trail, validated (see :data:`AUDIT_FILTERS`)."""
+    actor = int_arg(args, "actor")
+    target_type = args.get("target_type")
+    if target_type is not None and not _TARGET_TYPE_RE.fullmatch(target_type):
+        raise InvalidInput({"target_type": "Use a type name such as user or role."})
+    target_id = args.get("target_id")
+    if target_id is not None and len(target_id) > 64:
+        raise InvalidInput({"target_id": "Too long."})
+    return dataclasses.replace(
+        audit_filter(args, actor_id=actor), target_type=target_type, target_id=target_id
+    )
+
+
+def export(flt: audit.AuditFilter, args: dict[str, str], name: str) -> Response:
+    """The events matching ``flt`` as a streamed download in the ``format`` the query
+    names (``jsonl`` or ``csv``); a missing or unknown format is a 400 before anything is
+    read."""
+    fmt = args.get("format")
+    if fmt not in EXPORTS:
+        raise InvalidInput({"format": f"Use one of {', '.join(EXPORTS)}."})
+    return export_download(flt, fmt, name)
+
+
 def token_status(args: dict[str, str]) -> str | None:
     value = args.get("status")
     if value is not None and value not in ("active", "expired", "revoked"):
@@ -348,7 +379,14 @@ def create_blueprint() -> Blueprint:
         auth: dict[str, Any] = {"method": via()}
         if token is not None:
             auth.update(token_id=token.id, scopes=token.scope_list)
-        return jsonify({**user_json(user), "permissions": sorted(held.permissions), "auth": auth})
+        return jsonify(
+            {
+                **user_json(user),
+                "permissions": sorted(held.permissions),
+                "auth": auth,
+                "usage": usage_json(usage_of(db_session(), user.id)),
+            }
+        )
 
     @bp.get("/me/sessions")
     @self_read
@@ -403,9 +441,18 @@ def create_blueprint() -> Blueprint:
     def my_activity() -> Any:
         """The user's own events. No argument names another user: the filter is always
         the caller, so nobody else's events can be asked for."""
-        args = query_args(("action", "outcome", "since", "until"))
+        args = query_args(ACTIVITY_FILTERS)
         flt = audit_filter(args, involving_user=signed_in_user().id)
         return events_page(flt, "me-activity", args)
+
+    @bp.get("/me/activity/export")
+    @self_read
+    def export_my_activity() -> Any:
+        """All the user's own events matching the filters, oldest first, as a download.
+        As with the listing, the filter is always the caller."""
+        args = query_args((*ACTIVITY_FILTERS, "format"), paged=False)
+        flt = audit_filter(args, involving_user=signed_in_user().id)
+        return export(flt, args, "my-activity")
 
     @bp.get(f"/me/activity/{_ID.format('seq')}")
     @self_read
@@ -439,10 +486,12 @@ def create_blueprint() -> Blueprint:
     def user(user_id: int) -> Any:
         query_args(())
         subject = user_by_id(user_id)
-        live = sessions.live_sessions(db_session(), subject)
+        db = db_session()
+        live = sessions.live_sessions(db, subject)
         return jsonify(
             {
                 **user_json(subject),
+                "usage": usage_json(usage_of(db, subject.id)),
                 "live_sessions": len(live),
                 "direct_permissions": [p.name for p in subject.permissions],
             }
@@ -703,22 +752,16 @@ def create_blueprint() -> Blueprint:
     @bp.get("/audit")
     @admin(rbac.READ_AUDIT)
     def audit_events() -> Any:
-        args = query_args(
-            ("actor", "target_type", "target_id", "action", "outcome", "ip", "since", "until")
-        )
-        actor = int_arg(args, "actor")
-        target_type = args.get("target_type")
-        if target_type is not None and not _TARGET_TYPE_RE.fullmatch(target_type):
-            raise InvalidInput({"target_type": "Use a type name such as user or role."})
-        target_id = args.get("target_id")
-        if target_id is not None and len(target_id) > 64:
-            raise InvalidInput({"target_id": "Too long."})
-        flt = dataclasses.replace(
-            audit_filter(args, actor_id=actor),
-            target_type=target_type,
-            target_id=target_id,
-        )
-        return events_page(flt, "audit", args)
+        args = query_args(AUDIT_FILTERS)
+        return events_page(trail_filter(args), "audit", args)
+
+    @bp.get("/audit/export")
+    @admin(rbac.READ_AUDIT)
+    def export_audit_events() -> Any:
+        """Every event matching the filters of ``GET /audit``, oldest first, as a
+        download (JSON Lines or CSV), streamed."""
+        args = query_args((*AUDIT_FILTERS, "format"), paged=False)
+        return export(trail_filter(args), args, "audit")
 
     @bp.get(f"/audit/{_ID.format('seq')}")
     @admin(rbac.READ_AUDIT)

@@ -11,9 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import Settings
-from ..services import audit
+from ..services import audit, sessions
 
 JSON = "application/json"
+#: The media types of the audit exports (see ``web.account.EXPORTS``).
+JSON_LINES = "application/x-ndjson"
+CSV = "text/csv"
 _PERMISSION_PATTERN = r"^(\*|[a-z0-9_.-]+(:[a-z0-9_.-]+)*(:\*)?)$"
 _ROLE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _MAX_ID = 2147483647
@@ -98,9 +101,38 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             required=("error", "message"),
         ),
         "User": _object(user),
+        "Usage": _object(
+            {
+                "last_login_at": _nullable("string"),
+                "last_login_ip": _nullable("string"),
+                "login_count": {"type": "integer", "minimum": 0},
+                "active_sessions": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Sessions that would be accepted now: not revoked, not "
+                    "past their lifetime, used within the idle timeout.",
+                },
+                "recent_sessions": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": f"Sign-ins the durations cover: the last "
+                    f"{sessions.USAGE_SESSIONS} opened in the last {sessions.USAGE_DAYS} "
+                    "days, impersonation left out.",
+                },
+                "median_session_seconds": {
+                    **_nullable("integer"),
+                    "description": "Median sign-in length (null without one).",
+                },
+                "longest_session_seconds": {
+                    **_nullable("integer"),
+                    "description": "Longest sign-in length (null without one).",
+                },
+            }
+        ),
         "UserDetail": _object(
             {
                 **user,
+                "usage": _ref("Usage"),
                 "live_sessions": {"type": "integer", "minimum": 0},
                 "direct_permissions": _strings(),
             }
@@ -130,6 +162,7 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                     },
                     required=("method",),
                 ),
+                "usage": _ref("Usage"),
             }
         ),
         "Session": _object(
@@ -322,6 +355,35 @@ _OUTCOME = {
     "required": False,
     "schema": {"type": "string", "enum": list(audit.OUTCOMES)},
 }
+_FORMAT = {
+    "name": "format",
+    "in": "query",
+    "required": True,
+    "description": "`jsonl`: one JSON object per line; `csv`: a header line, then one record "
+    "per event.",
+    "schema": {"type": "string", "enum": ["jsonl", "csv"]},
+}
+_EXPORT_COLUMNS = ", ".join(audit.EXPORT_COLUMNS)
+_EXPORT_CONTENT = {
+    JSON_LINES: {
+        "schema": {
+            "type": "string",
+            "description": "One AuditEvent object (see the schema) per line, oldest first.",
+        }
+    },
+    CSV: {
+        "schema": {
+            "type": "string",
+            "description": f"RFC 4180, CRLF line ends. Columns: {_EXPORT_COLUMNS}.",
+        }
+    },
+}
+_EXPORT_NOTE = (
+    "Every matching event, oldest first, in one streamed answer (not paged): the media type "
+    "follows `format`. In CSV, `details` is its JSON text, and a cell starting with `=`, `+`, "
+    "`-`, `@`, a tab or a carriage return is prefixed with `'` so that a spreadsheet shows it "
+    "as text; verify hashes from JSON Lines, which is verbatim."
+)
 _STATUS = {
     "name": "status",
     "in": "query",
@@ -351,7 +413,10 @@ class _Paths:
         body: str | None = None,
         not_found: bool = False,
         description: str | None = None,
+        download: dict[str, Any] | None = None,
     ) -> None:
+        """``download``: the success answer is a file of one of these media types (a
+        streamed attachment) rather than JSON."""
         write = method != "get"
         security: list[dict[str, list[str]]] = [
             {"bearerAuth": [scope]},
@@ -361,6 +426,15 @@ class _Paths:
         success: dict[str, Any] = {"description": "Success."}
         if schema is not None:
             success["content"] = {JSON: {"schema": _ref(schema)}}
+        if download is not None:
+            success["content"] = download
+            success["headers"] = {
+                "Content-Disposition": {
+                    "description": "attachment, with a file name",
+                    "schema": {"type": "string"},
+                    "required": True,
+                }
+            }
         if ok == "201":
             success["headers"] = {"Location": {"schema": {"type": "string"}}}
         responses[ok] = success
@@ -417,6 +491,10 @@ def _operations(settings: Settings) -> dict[str, dict[str, Any]]:
     p.add("get", "/me/activity", "listMyActivity", "My activity (audit events)", tag="self",
           scope=read, ok="200", schema="AuditPage",
           params=[_ACTION, _OUTCOME, *_TIME_RANGE, *paging])  # fmt: skip
+    p.add("get", "/me/activity/export", "exportMyActivity",
+          "Download my activity (JSON Lines or CSV)", tag="self", scope=read, ok="200",
+          download=_EXPORT_CONTENT, params=[_FORMAT, _ACTION, _OUTCOME, *_TIME_RANGE],
+          description=_EXPORT_NOTE)  # fmt: skip
     p.add("get", "/me/activity/{seq}", "getMyEvent", "One of my events", tag="self",
           scope=read, ok="200", schema="AuditEvent", params=[seq])  # fmt: skip
 
@@ -513,6 +591,10 @@ def _operations(settings: Settings) -> dict[str, dict[str, Any]]:
     p.add("get", "/audit", "listAuditEvents", "The audit trail, newest first", tag="audit",
           scope="aaa:audit:read", ok="200", schema="AuditPage",
           params=[*audit_filters, *paging])  # fmt: skip
+    p.add("get", "/audit/export", "exportAuditEvents",
+          "Download the audit trail (JSON Lines or CSV)", tag="audit", scope="aaa:audit:read",
+          ok="200", download=_EXPORT_CONTENT, params=[_FORMAT, *audit_filters],
+          description=_EXPORT_NOTE)  # fmt: skip
     p.add("get", "/audit/{seq}", "getAuditEvent", "One audit event", tag="audit",
           scope="aaa:audit:read", ok="200", schema="AuditEvent", params=[seq])  # fmt: skip
 
