@@ -525,7 +525,8 @@ def test_audit_list_links_each_event_to_its_page_and_verify_names_the_last_seq(a
     assert f'href="/admin/audit/{newest}"' in page
     response = post(as_admin, "/admin/audit/verify")
     flashed = body(as_admin.get(response.headers["Location"]))
-    assert f"Chain verified up to event {newest}" in flashed
+    assert f"Chain verified from event 1 to {newest}" in flashed
+    assert "head signature valid" in flashed
 
 
 # -- the dashboard --
@@ -628,3 +629,28 @@ def test_each_new_page_answers_json(as_admin):
         assert response.status_code == 200, url
         assert response.mimetype == "application/json"
         json.dumps(response.get_json())
+
+
+# -- the trail's target filter --
+
+
+def test_audit_trail_filters_by_target_and_keeps_it_in_the_export_links(as_admin, world, db):
+    bob = world["bob"]
+    data = as_admin.get(
+        f"/admin/audit?target_type=user&target_id={bob.id}", headers=JSON
+    ).get_json()
+    assert data["events"]
+    assert {(e["target_type"], e["target_id"]) for e in data["events"]} == {("user", str(bob.id))}
+    page = body(as_admin.get(f"/admin/audit?target_type=user&target_id={bob.id}"))
+    assert f"target_type=user&amp;target_id={bob.id}" in page  # export links keep the filter
+    lines = as_admin.get(f"/admin/audit.jsonl?target_type=user&target_id={bob.id}").get_data(
+        as_text=True
+    )
+    assert {json.loads(line)["target_id"] for line in lines.splitlines()} == {str(bob.id)}
+
+
+@pytest.mark.parametrize(
+    "query", ["target_type=User", "target_type=a%20b", "target_type=x'--", "target_id=" + "9" * 65]
+)
+def test_L01_bad_target_filter_is_a_400(as_admin, query):
+    assert as_admin.get(f"/admin/audit?{query}", headers=JSON).status_code == 400

@@ -206,13 +206,21 @@ def register(bp: Blueprint) -> None:
             "last_seq": report.last_seq,
             "first_bad_seq": report.first_bad_seq,
             "problem": report.problem,
+            "first_seq": report.first_seq,
+            "checkpoints": report.checkpoints,
+            "signed": report.signed,
         }
         if wants_json():
             return jsonify(data)
         if report.ok:
+            signed = (
+                f"{report.checkpoints} signed checkpoints matched, head signature valid"
+                if report.signed
+                else "signatures not checked: no signing key"
+            )
             flash(
-                f"Chain verified up to event {report.last_seq}: "
-                f"{report.checked} events, chain intact.",
+                f"Chain verified from event {report.first_seq} to {report.last_seq}: "
+                f"{report.checked} events, chain intact; {signed}.",
                 "success",
             )
         else:

@@ -17,6 +17,8 @@ from ..services.audit import AuditFilter
 
 _CURSOR_RE = re.compile(r"[0-9]{1,18}")
 _ACTION_RE = re.compile(r"^[a-z0-9_.]{1,64}\*?$")
+#: A target type: ``user``, ``role``, or an app's own such as ``note``.
+_TARGET_TYPE_RE = re.compile(r"[a-z_]{1,32}")
 
 #: Longest value accepted in any field; longer is refused before any work is done. The
 #: password service has its own, lower, limit for passwords.
@@ -154,7 +156,7 @@ def parse_cursor(value: str | None, name: str = "before") -> int | None:
 
 
 #: The query arguments the audit listings understand; links on the pages carry only these.
-FILTER_ARGS = ("user", "action", "outcome", "ip", "since", "until")
+FILTER_ARGS = ("user", "action", "outcome", "ip", "target_type", "target_id", "since", "until")
 
 
 def filter_args(args: Mapping[str, str]) -> dict[str, str]:
@@ -166,7 +168,17 @@ def audit_filter(
     args: Mapping[str, str], *, actor_id: int | None = None, involving_user: int | None = None
 ) -> AuditFilter:
     """The audit filters a listing page accepts, validated (everything else is ignored)."""
-    for name in ("action", "outcome", "ip", "since", "until", "before", "user"):
+    for name in (
+        "action",
+        "outcome",
+        "ip",
+        "since",
+        "until",
+        "before",
+        "user",
+        "target_type",
+        "target_id",
+    ):
         value = args.get(name, "")
         if len(value) > 128:
             raise InvalidInput({name: "Too long."})
@@ -175,9 +187,17 @@ def audit_filter(
     action = args.get("action") or None
     if action is not None and not _ACTION_RE.match(action):
         raise InvalidInput({"action": "Use a dotted action name, optionally ending in '*'."})
+    target_type = args.get("target_type") or None
+    if target_type is not None and not _TARGET_TYPE_RE.fullmatch(target_type):
+        raise InvalidInput({"target_type": "Use a type name such as user or role."})
+    target_id = args.get("target_id") or None
+    if target_id is not None and len(target_id) > 64:
+        raise InvalidInput({"target_id": "Too long."})
     return AuditFilter(
         actor_id=actor_id,
         involving_user=involving_user,
+        target_type=target_type,
+        target_id=target_id,
         action=action,
         outcome=args.get("outcome") or None,
         ip=args.get("ip") or None,

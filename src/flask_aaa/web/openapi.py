@@ -581,7 +581,7 @@ def _operations(settings: Settings) -> dict[str, dict[str, Any]]:
         {"name": "actor", "in": "query", "required": False, "description": "Actor's user id.",
          "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_ID}},
         _string_param("target_type", "What was acted on: user, role, session, ...",
-                      pattern=r"^[a-z_]{1,16}$"),
+                      pattern=r"^[a-z_]{1,32}$"),
         _string_param("target_id", "Its id (with target_type).", maxLength=64),
         _ACTION,
         _OUTCOME,
