@@ -30,6 +30,7 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
+    bindparam,
     delete,
     event,
     func,
@@ -270,7 +271,18 @@ _LOCK_HEAD = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with
 _READ_HEAD = select(AuditHead.seq, AuditHead.hash, AuditHead.mac, AuditHead.key_id).where(
     AuditHead.id == 1
 )
-_SET_HEAD = update(AuditHead).where(AuditHead.id == 1)
+_SET_HEAD = (
+    update(AuditHead)
+    .where(AuditHead.id == 1)
+    .values(
+        seq=bindparam("head_seq"),
+        hash=bindparam("head_hash"),
+        mac=bindparam("head_mac"),
+        key_id=bindparam("head_key"),
+    )
+)
+_INSERT_EVENTS = _EVENTS.insert()
+_INSERT_CHECKPOINT = _CHECKPOINTS.insert()
 
 
 @event.listens_for(Session, "before_commit")
@@ -290,7 +302,7 @@ def _seal(db: Session) -> None:
         rows.append({name: getattr(event_, name) for name in EXPORT_COLUMNS})
     # One Core insert for the batch: the events are never loaded back, so the ORM's unit of
     # work would only add bookkeeping (they stay plain objects the caller can read).
-    db.execute(_EVENTS.insert(), rows)
+    db.execute(_INSERT_EVENTS, rows)
     mac = key = None
     signer = signing.for_session(db)
     if signer is not None:
@@ -298,9 +310,12 @@ def _seal(db: Session) -> None:
         every = signer.checkpoint_every
         if force_checkpoint or (every and head_seq // every > first // every):
             signed = _signed_row(signer, "checkpoint", head_seq, head_hash)
-            db.execute(_CHECKPOINTS.insert(), [signed])
+            db.execute(_INSERT_CHECKPOINT, [signed])
             db.info.setdefault(_SEALED_CHECKPOINTS, []).append(signed)
-    db.execute(_SET_HEAD.values(seq=head_seq, hash=head_hash, mac=mac, key_id=key))
+    db.execute(
+        _SET_HEAD,
+        {"head_seq": head_seq, "head_hash": head_hash, "head_mac": mac, "head_key": key},
+    )
     db.info.setdefault(_SEALED, []).extend(pending)
 
 
@@ -672,7 +687,7 @@ def purge(
     gone = db.execute(delete(AuditEvent).where(AuditEvent.seq <= through))
     deleted = int(cast(CursorResult[Any], gone).rowcount)
     db.execute(delete(AuditCheckpoint).where(AuditCheckpoint.seq <= through))
-    db.execute(_CHECKPOINTS.insert(), [anchor])
+    db.execute(_INSERT_CHECKPOINT, [anchor])
     db.info.setdefault(_SEALED_CHECKPOINTS, []).append(anchor)
     days = older_than.total_seconds() / 86_400
     record(

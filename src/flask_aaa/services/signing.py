@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from ..models import AuditEvent
+
 #: Messages are prefixed so that a signature made for one purpose never verifies another.
 _DOMAIN = "flask-aaa/audit/v1"
 
@@ -105,8 +107,6 @@ def for_engine(engine: Engine) -> Signer | None:
 
 def for_session(db: Session) -> Signer | None:
     """The signer of the engine ``db`` writes to, if one is attached."""
-    from ..models import AuditEvent
-
     bind = db.get_bind(AuditEvent)
     engine = bind if isinstance(bind, Engine) else bind.engine
     return _signers.get(engine)
