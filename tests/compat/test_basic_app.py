@@ -12,8 +12,9 @@ from .helpers import events, sign_in, sign_out, token
 
 
 @pytest.fixture
-def app(tmp_path: Any) -> Any:
-    app, _, _ = basic_app(f"sqlite:///{tmp_path / 'basic.sqlite'}")
+def app(database_uri: str, built: Any) -> Any:
+    app, _, _ = basic_app(database_uri)
+    built(app)
     return app
 
 

@@ -12,8 +12,9 @@ from .helpers import sign_in, token
 
 
 @pytest.fixture
-def app(tmp_path: Any) -> Any:
-    app, _, _ = email_app(f"sqlite:///{tmp_path / 'email.sqlite'}")
+def app(database_uri: str, built: Any) -> Any:
+    app, _, _ = email_app(database_uri)
+    built(app)
     return app
 
 
@@ -62,3 +63,21 @@ def test_unconfirmed_cannot_sign_in_until_the_link_is_used(app: Any) -> None:
     signed = sign_in(client, "dana@example.org", "velvet-orchard-compass-3", field="email")
     assert signed.status_code in (302, 303)
     assert client.get("/members").text == "members"
+
+
+def test_signed_in_without_a_confirmed_address_is_not_sent_round_in_circles(
+    database_uri: str, built: Any
+) -> None:
+    app, _, _ = email_app(database_uri, USER_ALLOW_LOGIN_WITHOUT_CONFIRMED_EMAIL=True)
+    built(app)
+    client = app.test_client()
+    registered = _register(client, "dana@example.org")
+    assert registered.status_code in (302, 303)
+    assert client.get("/promotion").text == "promotion"  # @allow_unconfirmed_email
+    answer = client.get("/members")
+    assert answer.status_code == 302
+    # Flask-AAA sends no confirmation mail while sign-in is allowed without one, so there
+    # is no page to send them to: back home, with the message, and no loop.
+    assert answer.headers["Location"] == "/"
+    assert client.get("/").status_code == 200
+    assert client.get("/members", headers={"Accept": "application/json"}).status_code == 403

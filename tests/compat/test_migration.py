@@ -9,7 +9,22 @@ import bcrypt
 import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import create_engine, text
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    func,
+    inspect,
+    select,
+    text,
+    true,
+)
 
 from flask_aaa.compat.cli import migrate_flask_user
 from flask_aaa.compat.flask_user import UserManager, UserMixin, roles_required
@@ -17,15 +32,33 @@ from flask_aaa.compat.flask_user import UserManager, UserMixin, roles_required
 from .apps import TEST_CONFIG
 from .helpers import events, sign_in
 
-FLASK_USER_SCHEMA = [
-    """CREATE TABLE users (id INTEGER PRIMARY KEY, is_active BOOLEAN NOT NULL DEFAULT 1,
-       username VARCHAR(100) NOT NULL UNIQUE, password VARCHAR(255) NOT NULL DEFAULT '',
-       email_confirmed_at DATETIME)""",
-    "CREATE TABLE roles (id INTEGER PRIMARY KEY, name VARCHAR(50) UNIQUE)",
-    """CREATE TABLE user_roles (id INTEGER PRIMARY KEY,
-       user_id INTEGER REFERENCES users(id) ON DELETE CASCADE,
-       role_id INTEGER REFERENCES roles(id) ON DELETE CASCADE)""",
-]
+
+def _schema() -> tuple[MetaData, Table, Table, Table]:
+    """The tables Flask-User's basic app creates (any database)."""
+    meta = MetaData()
+    users = Table(
+        "users",
+        meta,
+        Column("id", Integer, primary_key=True),
+        Column("is_active", Boolean, nullable=False, server_default=true()),
+        Column("username", String(100), nullable=False, unique=True),
+        Column("password", String(255), nullable=False, server_default=""),
+        Column("email_confirmed_at", DateTime),
+    )
+    roles = Table(
+        "roles",
+        meta,
+        Column("id", Integer, primary_key=True),
+        Column("name", String(50), unique=True),
+    )
+    user_roles = Table(
+        "user_roles",
+        meta,
+        Column("id", Integer, primary_key=True),
+        Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE")),
+        Column("role_id", Integer, ForeignKey("roles.id", ondelete="CASCADE")),
+    )
+    return meta, users, roles, user_roles
 
 
 def _bcrypt(password: str) -> str:
@@ -33,21 +66,30 @@ def _bcrypt(password: str) -> str:
 
 
 @pytest.fixture
-def legacy_db(tmp_path: Any) -> str:
-    uri = f"sqlite:///{tmp_path / 'legacy.sqlite'}"
-    engine = create_engine(uri)
+def legacy_db(database_uri: str) -> str:
+    engine = create_engine(database_uri)
+    meta, users, roles, user_roles = _schema()
+    meta.create_all(engine)
     with engine.begin() as conn:
-        for statement in FLASK_USER_SCHEMA:
-            conn.execute(text(statement))
-        conn.execute(text("INSERT INTO roles (id, name) VALUES (1, 'Admin')"))
+        conn.execute(roles.insert().values(id=1, name="Admin"))
         for uid, name in ((3, "ann"), (7, "ben")):
             conn.execute(
-                text("INSERT INTO users (id, username, password) VALUES (:i, :n, :p)"),
-                {"i": uid, "n": name, "p": _bcrypt("Password1")},
+                users.insert().values(id=uid, username=name, password=_bcrypt("Password1"))
             )
-        conn.execute(text("INSERT INTO user_roles (user_id, role_id) VALUES (3, 1)"))
+        conn.execute(user_roles.insert().values(id=1, user_id=3, role_id=1))
+        if engine.dialect.name == "postgresql":
+            # As in a real database: the ids came from the sequences, which are past them.
+            for table in (users, roles, user_roles):
+                conn.execute(
+                    select(
+                        func.setval(
+                            func.pg_get_serial_sequence(table.name, "id"),
+                            select(func.max(table.c.id)).scalar_subquery(),
+                        )
+                    )
+                )
     engine.dispose()
-    return uri
+    return database_uri
 
 
 def _app(uri: str) -> Flask:
@@ -100,17 +142,23 @@ def _rows(uri: str) -> list[tuple[Any, ...]]:
     return rows
 
 
-def test_plan_then_apply_then_sign_in(legacy_db: str) -> None:
-    app = _app(legacy_db)
+def _tables(uri: str) -> list[str]:
+    engine = create_engine(uri)
+    try:
+        return inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_plan_then_apply_then_sign_in(legacy_db: str, built: Any) -> None:
+    app = built(_app(legacy_db))
     before = _rows(legacy_db)
     runner = app.test_cli_runner()
     dry = runner.invoke(migrate_flask_user)
     assert dry.exit_code == 0, dry.output
     assert "create Flask-AAA's tables" in dry.output and "link 2 of 2 users" in dry.output
     assert "Nothing changed" in dry.output
-    assert "aaa_users" not in create_engine(legacy_db).dialect.get_table_names(
-        create_engine(legacy_db).connect()
-    )
+    assert "aaa_users" not in _tables(legacy_db)
     done = runner.invoke(migrate_flask_user, ["--apply"])
     assert done.exit_code == 0, done.output
     assert _rows(legacy_db) == before  # the app's rows are untouched
@@ -136,11 +184,46 @@ def test_plan_then_apply_then_sign_in(legacy_db: str) -> None:
     assert other.get("/admin").status_code == 302
 
 
-def test_users_without_migration_are_linked_at_first_sign_in(legacy_db: str) -> None:
-    app = _app(legacy_db)
+def test_users_without_migration_are_linked_at_first_sign_in(legacy_db: str, built: Any) -> None:
+    app = built(_app(legacy_db))
     with app.app_context():
         app.extensions["aaa"].db.create_all()  # tables only; no links
     client = app.test_client()
     assert sign_in(client, "ben", "Password1").status_code in (302, 303)
     assert sign_in(app.test_client(), "ann", "wrong").status_code == 401
     assert len(events(app, "flask_user.linked")) == 2
+
+
+def test_accounts_made_after_migration_get_ids_free_in_both_tables(
+    legacy_db: str, built: Any
+) -> None:
+    """Linking wrote explicit ids (3, 7). A native ``flask aaa create-user`` must not be
+    handed one of them (PostgreSQL's sequence of aaa_users did not move by itself), and the
+    app's own next user must not get the id of that new account (its row is in the app's
+    table, and the app's sequence is past it)."""
+    app = built(_app(legacy_db))
+    runner = app.test_cli_runner()
+    assert runner.invoke(migrate_flask_user, ["--apply"]).exit_code == 0
+    made = runner.invoke(
+        args=["aaa", "create-user", "carl", "--password", "copper-meadow-lantern-4"]
+    )
+    assert made.exit_code == 0, made.output
+    assert "(#8)" in made.output
+    with app.app_context():
+        db = app.extensions["aaa"].db
+        assert db.session.get(app.User, 8).username == "carl"  # the app's row, same id
+        own = app.User(username="dora", password=app.user_manager.hash_password("Password1"))
+        db.session.add(own)
+        db.session.commit()
+        assert own.id == 9
+    dora = app.test_client()
+    assert sign_in(dora, "dora", "Password1").status_code in (302, 303)
+    carl = app.test_client()
+    assert sign_in(carl, "carl", "copper-meadow-lantern-4").status_code in (302, 303)
+    assert carl.get("/admin").status_code == 302
+    with app.app_context():
+        from flask_aaa.models import User as AAAUser
+
+        db = app.extensions["aaa"].db
+        assert db.session.get(AAAUser, 9).username == "dora"
+        assert db.session.get(AAAUser, 8).username == "carl"

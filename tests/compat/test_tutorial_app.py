@@ -14,8 +14,9 @@ from .helpers import events, sign_in
 
 
 @pytest.fixture
-def app(tmp_path: Any) -> Any:
-    app, db, um = tutorial_app(f"sqlite:///{tmp_path / 'tutorial.sqlite'}")
+def app(database_uri: str, built: Any) -> Any:
+    app, db, um = tutorial_app(database_uri)
+    built(app)
     m = app.models
 
     @app.route("/reports")

@@ -20,7 +20,7 @@ from ..services import rbac
 from ..web.context import current_actor, db_session, request_facts
 from ..web.context import current_user as aaa_current_user
 from ..web.decorators import GUARD_ATTR
-from ..web.security import wants_json
+from ..web.security import error_response, wants_json
 from .models import ANONYMOUS
 
 if TYPE_CHECKING:
@@ -75,6 +75,21 @@ def unauthenticated_view() -> Any:
     return redirect(f"{url_for(endpoint)}?next={quote(target)}")
 
 
+def unconfirmed_view() -> Any:
+    """A signed-in user whose address is not confirmed (``USER_ALLOW_LOGIN_WITHOUT_
+    CONFIRMED_EMAIL``). Flask-User sent them to the sign-in page, which sends a signed-in
+    visitor straight back (``USER_AUTO_LOGIN_AT_LOGIN``): a loop. Here: the page that mails
+    a new confirmation link when there is one, else the unauthorized endpoint; 403 JSON."""
+    message = f"You must confirm your email address to access '{request.path}'."
+    if wants_json():
+        return error_response(403, "email_unconfirmed", message)
+    flash(message, "error")
+    if "aaa_recovery.resend_confirmation" in current_app.view_functions:
+        return redirect(url_for("user.resend_email_confirmation"))
+    endpoint = manager().settings["USER_UNAUTHORIZED_ENDPOINT"]
+    return redirect(url_for(endpoint) if endpoint else "/")
+
+
 def unauthorized_view(requirement: str) -> Any:
     """A signed-in user lacks a role: audited; a flash and a redirect (403 for JSON)."""
     try:
@@ -92,8 +107,10 @@ def _guarded(check: Callable[[Any], Any], guard: str) -> Callable[[F], F]:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             user = current_user._get_current_object()
-            if not user.is_authenticated or not _confirmed(user):
+            if not user.is_authenticated:
                 return unauthenticated_view()
+            if not _confirmed(user):
+                return unconfirmed_view()
             refusal = check(user)
             if refusal is not None:
                 return refusal

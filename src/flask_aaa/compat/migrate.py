@@ -160,7 +160,7 @@ def apply(engine: Engine, plan: Plan, *, facts: RequestFacts) -> int:
     changed = 0
     with Session(engine) as db:
         for account in plan.users:
-            _, did = sync.sync(db, account, catalogue=plan.catalogue, facts=facts)
+            _, did = sync.sync(db, account, facts=facts)
             changed += did
         db.commit()
     return changed

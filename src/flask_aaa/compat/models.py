@@ -103,12 +103,13 @@ def role_class(user_class: type[Any]) -> type[Any] | None:
     return relationships["roles"].mapper.class_  # type: ignore[no-any-return]
 
 
-def read_account(user: Any) -> AppAccount:
-    """What the app's row (and its roles and their permissions) says about ``user``."""
-    roles: dict[str, frozenset[str] | None] = {}
-    for role in getattr(user, "roles", None) or []:
+def read_account(user: Any, *, roles: bool = True) -> AppAccount:
+    """What the app's row (and its roles and their permissions, unless ``roles`` is False)
+    says about ``user``."""
+    held: dict[str, frozenset[str] | None] = {}
+    for role in (getattr(user, "roles", None) or []) if roles else []:
         perms = getattr(role, "permissions", None)
-        roles[str(role.name)] = None if perms is None else frozenset(str(p.name) for p in perms)
+        held[str(role.name)] = None if perms is None else frozenset(str(p.name) for p in perms)
     return AppAccount(
         id=int(user.id),
         username=getattr(user, "username", None),
@@ -116,5 +117,5 @@ def read_account(user: Any) -> AppAccount:
         password=getattr(user, "password", None) or None,
         active=bool(getattr(user, "active", True)),
         email_confirmed_at=getattr(user, "email_confirmed_at", None),
-        roles=roles,
+        roles=held,
     )

@@ -32,6 +32,8 @@ DEFAULTS: dict[str, Any] = {
     "USER_ENABLE_REMEMBER_ME": True,
     #: Invitations (they need the ``aaa:users:invite`` permission; served by Flask-AAA).
     "USER_ENABLE_INVITE_USER": False,
+    #: Only invited people may register (``AAA_INVITE_ONLY``).
+    "USER_REQUIRE_INVITATION": False,
     #: Registration and password forms ask for the password twice (``retype_password``).
     "USER_REQUIRE_RETYPE_PASSWORD": True,
     #: Sign the new user in after registration (when no confirmation is due).
@@ -107,6 +109,9 @@ class FlaskUserSettings:
             and not self["USER_ALLOW_LOGIN_WITHOUT_CONFIRMED_EMAIL"],
             "AAA_CONFIRM_TTL": int(self["USER_CONFIRM_EMAIL_EXPIRATION"]),
             "AAA_REMEMBER_ME": bool(self["USER_ENABLE_REMEMBER_ME"]),
+            "AAA_INVITE_ONLY": bool(
+                self["USER_ENABLE_INVITE_USER"] and self["USER_REQUIRE_INVITATION"]
+            ),
             "AAA_HOME_ENDPOINT": self["USER_AFTER_LOGIN_ENDPOINT"] or None,
         }
         if self["USER_EMAIL_SENDER_EMAIL"]:

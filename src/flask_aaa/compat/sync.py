@@ -14,19 +14,29 @@ import datetime as dt
 import logging
 from collections.abc import Iterable, Mapping
 
-from sqlalchemy import select, text
+from sqlalchemy import delete, select, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
+from ..db import utcnow
 from ..errors import Conflict, InvalidInput
-from ..models import Role, User
-from ..services import accounts, audit, rbac
+from ..models import ApiToken, ExternalIdentity, Passkey, RecoveryCode, Role, User
+from ..services import accounts, audit, rbac, sessions, tokens
 from ..services.actors import Actor, RequestFacts
 
 _log = logging.getLogger("flask_aaa")
 
 #: The actor of changes the app made in its own tables and the link mirrors.
 SYNC_ACTOR = Actor.system("flask-user-app")
+
+#: The description of the Flask-AAA roles the link made for the app's roles. Only these
+#: roles are granted and revoked from the app's tables: a Flask-AAA role an operator made
+#: (console, CLI) is never handed out by writing into the app's ``user_roles``, even when
+#: the app has a role of the same name.
+APP_ROLE = "Flask-User role"
+
+#: Why a Flask-User app user cannot sign in although Flask-AAA's account could.
+APP_DISABLED = "disabled"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -60,7 +70,7 @@ def _free_key(db: Session, column: object, key: str | None, user_id: int) -> boo
     return owner is None or owner == user_id
 
 
-def _identifiers(db: Session, account: AppAccount) -> dict[str, str | None]:
+def identifiers(db: Session, account: AppAccount) -> dict[str, str | None]:
     """The account's username and email in Flask-AAA's normalized form. One that Flask-AAA
     cannot use (a name with a space, a key another account holds) is left out and logged:
     the user then signs in with the other one."""
@@ -102,7 +112,7 @@ def link(
         password_hash=account.password or None,
         active=account.active,
         email_confirmed_at=_aware(account.email_confirmed_at),
-        **_identifiers(db, account),
+        **identifiers(db, account),
     )
     try:
         with db.begin_nested():
@@ -149,33 +159,44 @@ def sync(
     db: Session,
     account: AppAccount,
     *,
-    catalogue: Iterable[str],
     facts: RequestFacts | None,
 ) -> tuple[User, bool]:
     """Bring the Flask-AAA account of ``account`` in line with the app's tables: identifiers,
-    a confirmation (never undone), the enabled state, and the roles named in ``catalogue``
-    (every role the app defines) with their permissions. Password hashes are copied when
-    the link is made; later changes are mirrored at flush time by the web layer. Roles
-    that exist only in Flask-AAA are left alone. Returns the account and whether anything
-    changed (all audited)."""
+    a confirmation (never undone), the password hash, the enabled state, and the app's roles
+    with their permissions. A password hash that differs is the app's (it wrote its own
+    ``password`` column without this flush-time mirror: SQL, another process, a new user
+    with a reused id): it replaces Flask-AAA's and every session and remember-me series of
+    the account ends. Only the roles the link made (:data:`APP_ROLE`) are granted and
+    revoked; the others are Flask-AAA's own and left alone. Returns the account and whether
+    anything changed (all audited)."""
     user = db.get(User, account.id)
     created = user is None
     user = link(db, account, facts=facts)
     changed = created | _sync_fields(db, user, account, facts)
     if user.active != account.active:
-        try:
-            changed |= accounts.set_active(
-                db, actor=SYNC_ACTOR, user=user, active=account.active, facts=facts
-            )
-        except Conflict:
-            _log.warning("flask-user link: user %s is the last administrator; kept", user.id)
-    changed |= _sync_roles(db, user, account, frozenset(catalogue), facts)
+        changed |= set_active(db, user, account.active, facts=facts)
+    changed |= _sync_roles(db, user, account, facts)
     return user, changed
+
+
+def set_active(db: Session, user: User, active: bool, *, facts: RequestFacts | None) -> bool:
+    """The app enabled or disabled its user: so does Flask-AAA (``user.enabled`` /
+    ``user.disabled``, sessions ended). Flask-AAA keeps its last full administrator enabled
+    (its own invariant); that account's sessions still end, and the compatibility layer
+    refuses it at sign-in and on every request while the app says it is disabled."""
+    try:
+        return accounts.set_active(db, actor=SYNC_ACTOR, user=user, active=active, facts=facts)
+    except Conflict:
+        _log.warning("flask-user link: user %s is the last administrator; kept enabled", user.id)
+        if not active:
+            sessions.revoke_all(db, user, reason="account_disabled")
+        return False
 
 
 def _sync_fields(db: Session, user: User, account: AppAccount, facts: RequestFacts | None) -> bool:
     fields: list[str] = []
-    idents = _identifiers(db, account)
+    details: dict[str, object] = {}
+    idents = identifiers(db, account)
     for name in ("username", "email"):
         if idents[f"{name}_key"] != getattr(user, f"{name}_key"):
             setattr(user, name, idents[name])
@@ -185,6 +206,11 @@ def _sync_fields(db: Session, user: User, account: AppAccount, facts: RequestFac
         # Confirmation only ever moves forward: a link confirmed in Flask-AAA stays.
         user.email_confirmed_at = _aware(account.email_confirmed_at)
         fields.append("email_confirmed_at")
+    if account.password and account.password != user.password_hash:
+        user.password_hash = account.password
+        user.password_changed_at = utcnow()
+        fields.append("password")
+        details["sessions_ended"] = sessions.revoke_all(db, user, reason="password_changed")
     if not fields:
         return False
     audit.record(
@@ -193,9 +219,44 @@ def _sync_fields(db: Session, user: User, account: AppAccount, facts: RequestFac
         actor=SYNC_ACTOR,
         target=user,
         facts=facts,
-        details={"fields": fields},
+        details={"fields": fields, **details},
     )
     return True
+
+
+def same_identifiers(user: User, account: AppAccount) -> bool:
+    """Do the account's username and email say what the app's row says (a cheap check: the
+    normalized form is computed only when the texts differ)?"""
+    for value, held, normalize in (
+        (account.username, user.username_key, accounts.normalize_username),
+        (account.email, user.email_key, accounts.normalize_email),
+    ):
+        if not value:
+            if held is not None:
+                return False
+            continue
+        if held is not None and value.casefold() == held:
+            continue
+        try:
+            key = normalize(value).key
+        except InvalidInput:
+            key = None  # not usable here: the link leaves it out
+        if key != held and not (key is not None and held is None):
+            return False
+    return True
+
+
+def same_identifier(name: str, account: AppAccount, value: str) -> bool:
+    """Does the app's ``name`` (username or email) already say ``value``, up to case and
+    normalization?"""
+    current = getattr(account, name)
+    if not current:
+        return False
+    normalize = accounts.normalize_username if name == "username" else accounts.normalize_email
+    try:
+        return normalize(current).key == normalize(value).key
+    except InvalidInput:
+        return False
 
 
 def _valid(names: Iterable[str], check: object, what: str) -> set[str]:
@@ -210,24 +271,45 @@ def _valid(names: Iterable[str], check: object, what: str) -> set[str]:
     return out
 
 
-def _role(db: Session, name: str, facts: RequestFacts | None) -> Role:
+def app_permission(name: str) -> str:
+    """A permission of the app's tables that the link mirrors; :class:`InvalidInput` for
+    malformed names and for Flask-AAA's own rights (``*``, ``aaa:...``), which are granted
+    through Flask-AAA (delegation checked, the administrator on the trail), never by
+    writing into the app's tables."""
+    name = rbac.validate_permission_name(name)
+    if name in {"*", "aaa"} or name.startswith("aaa:"):
+        raise InvalidInput({"permission": "Flask-AAA's own permissions are not the app's."})
+    return name
+
+
+def is_app_role(role: Role) -> bool:
+    """Was this Flask-AAA role made by the link for one of the app's roles?"""
+    return role.description == APP_ROLE
+
+
+def _role(db: Session, name: str, facts: RequestFacts | None) -> Role | None:
     role = db.scalar(select(Role).where(Role.name == name))
     if role is None:
-        role = rbac.create_role(
-            db, actor=SYNC_ACTOR, name=name, description="Flask-User role", facts=facts
+        return rbac.create_role(db, actor=SYNC_ACTOR, name=name, description=APP_ROLE, facts=facts)
+    if not is_app_role(role):
+        _log.warning(
+            "flask-user link: Flask-AAA already has its own role %r; the app's role of that "
+            "name is not mirrored (rename one of them)",
+            name,
         )
+        return None
     return role
 
 
 def sync_role(
     db: Session, name: str, permissions: Iterable[str] | None, *, facts: RequestFacts | None
-) -> tuple[Role, bool]:
+) -> tuple[Role | None, bool]:
     """The Flask-AAA role ``name``, created if missing, with exactly ``permissions`` (left
-    alone when None)."""
+    alone when None). None when Flask-AAA has a role of its own by that name."""
     role = _role(db, name, facts)
-    if permissions is None:
+    if role is None or permissions is None:
         return role, False
-    wanted = _valid(permissions, rbac.validate_permission_name, "permission")
+    wanted = _valid(permissions, app_permission, "permission")
     held = {p.name for p in role.permissions}
     changed = False
     for perm in sorted(wanted - held):
@@ -248,17 +330,20 @@ def _sync_roles(
     db: Session,
     user: User,
     account: AppAccount,
-    catalogue: frozenset[str],
     facts: RequestFacts | None,
 ) -> bool:
     changed = False
     wanted = _valid(account.roles, rbac.validate_role_name, "role")
+    granted: set[str] = set()
     for name in sorted(wanted):
         role, role_changed = sync_role(db, name, account.roles[name], facts=facts)
         changed |= role_changed
-        changed |= rbac.grant_role(db, actor=SYNC_ACTOR, user=user, role=role, facts=facts)
+        if role is not None:
+            granted.add(name)
+            changed |= rbac.grant_role(db, actor=SYNC_ACTOR, user=user, role=role, facts=facts)
     for role in list(user.roles):
-        if role.name in catalogue and role.name not in wanted:
+        # A role the link made that the app no longer gives this user (or no longer has).
+        if is_app_role(role) and role.name not in granted:
             try:
                 changed |= rbac.revoke_role(db, actor=SYNC_ACTOR, user=user, role=role, facts=facts)
             except Conflict:
@@ -268,20 +353,39 @@ def _sync_roles(
     return changed
 
 
-def is_in_sync(user: User, account: AppAccount, catalogue: Iterable[str]) -> bool:
+def is_in_sync(user: User, account: AppAccount) -> bool:
     """A cheap check, with no writes, that :func:`sync` would change nothing about who the
-    user is and what they hold (run on each request; a difference triggers a sync)."""
+    user is, how they sign in and what they hold (run on each request; a difference
+    triggers a sync)."""
     if user.active != account.active:
         return False
-    names = set(catalogue)
-    held = {r.name for r in user.roles if r.name in names}
-    if held != set(account.roles) & {r for r in account.roles if _ok_role(r)}:
+    if account.password and account.password != user.password_hash:
         return False
+    if not same_identifiers(user, account):
+        return False
+    wanted = {r for r in account.roles if _ok_role(r)}
+    held = {r.name for r in user.roles if is_app_role(r)}
+    if held - wanted:
+        return False
+    missing = wanted - held - {r.name for r in user.roles}
+    if missing:
+        # Only names Flask-AAA has roles of its own for may stay ungranted (one query, on
+        # this path only).
+        db = object_session(user)
+        native = set(
+            db.scalars(
+                select(Role.name).where(Role.name.in_(missing), Role.description != APP_ROLE)
+            )
+            if db is not None
+            else ()
+        )
+        if missing - native:
+            return False
     for role in user.roles:
         perms = account.roles.get(role.name)
-        if perms is not None and {p.name for p in role.permissions} != {
-            p for p in perms if _ok_permission(p)
-        }:
+        if not is_app_role(role) or perms is None:
+            continue
+        if {p.name for p in role.permissions} != {p for p in perms if _ok_permission(p)}:
             return False
     return True
 
@@ -296,7 +400,71 @@ def _ok_role(name: str) -> bool:
 
 def _ok_permission(name: str) -> bool:
     try:
-        rbac.validate_permission_name(name)
+        app_permission(name)
     except InvalidInput:
         return False
     return True
+
+
+def forget(db: Session, user: User, *, facts: RequestFacts | None) -> bool:
+    """The app's user is gone (deleted): its Flask-AAA account must not be a way in for
+    anyone, nor pass anything on to a user the app later creates with the same id. The
+    account is disabled (``user.disabled``; every session and remember-me series ends),
+    its API tokens are revoked (``token.revoked``), and its credentials and bindings are
+    removed: password, identifiers, second factor, recovery codes, passkeys and linked
+    third-party accounts (one ``flask_user.synced`` event, ``"fields": ["deleted"]``).
+    The account row stays, as the audit trail names it. False if there was nothing left to
+    remove. Flask-AAA's last full administrator is only signed out (see :func:`set_active`).
+    """
+    disabled = set_active(db, user, False, facts=facts)
+    if user.active:
+        return disabled  # the last administrator: signed out, credentials kept
+    revoked = 0
+    for token in db.scalars(
+        select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+    ):
+        revoked += tokens.revoke(db, token, actor=SYNC_ACTOR, facts=facts or RequestFacts())
+    removed = {
+        "identities": _delete(db, ExternalIdentity, user.id),
+        "passkeys": _delete(db, Passkey, user.id),
+    }
+    second_factor = user.totp_secret is not None
+    _delete(db, RecoveryCode, user.id)
+    had = (
+        user.password_hash is not None
+        or user.username_key is not None
+        or user.email_key is not None
+        or second_factor
+    )
+    if not (had or revoked or any(removed.values())):
+        return disabled
+    # Recorded first: the event names the account as it was. (Key names must not look
+    # like secrets to the trail: "pats" are personal access tokens.)
+    audit.record(
+        db,
+        action="flask_user.synced",
+        actor=SYNC_ACTOR,
+        target=user,
+        facts=facts,
+        details={
+            "fields": ["deleted"],
+            "pats_revoked": revoked,
+            "mfa_removed": second_factor,
+            **removed,
+        },
+    )
+    user.password_hash = None
+    user.username = user.username_key = user.email = user.email_key = None
+    user.totp_secret = None
+    user.totp_last_step = None
+    user.mfa_enabled_at = None
+    return True
+
+
+def _delete(
+    db: Session, model: type[ExternalIdentity | Passkey | RecoveryCode], user_id: int
+) -> int:
+    result = db.execute(
+        delete(model).where(model.user_id == user_id).execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

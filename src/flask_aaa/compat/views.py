@@ -7,6 +7,7 @@ Flask-AAA's own pages. Thin views: parse, link, call a service, commit once, ans
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from flask import (
@@ -27,7 +28,9 @@ from flask_login import logout_user
 
 from ..db import writing
 from ..errors import AuthenticationFailed, InvalidInput, InvalidToken, RegistrationClosed
-from ..services import accounts, recovery, sessions
+from ..models import User
+from ..services import accounts, audit, recovery, sessions
+from ..services.actors import Actor
 from ..web import recovery as recovery_web
 from ..web.context import (
     current_actor,
@@ -50,7 +53,7 @@ from ..web.signin import (
 from . import signals
 from .decorators import current_user, login_required, unauthorized_view
 from .forms import ChangePasswordForm, LoginForm, LogoutForm, RegisterForm
-from .sync import link_missing
+from .sync import APP_DISABLED
 
 if TYPE_CHECKING:
     from ..extension import AAAState
@@ -102,6 +105,31 @@ def _public(view: Any) -> Any:
     return view
 
 
+class _Recently:
+    """Keys seen in the last ``window`` seconds (bounded: forgets everything when full), so
+    that a flood of refused requests is one audit event a minute, not a flood of writes."""
+
+    def __init__(self, window: float, size: int = 10_000) -> None:
+        self._window = window
+        self._size = size
+        self._seen: dict[str, float] = {}
+
+    def seen(self, key: str) -> bool:
+        now = time.monotonic()
+        last = self._seen.get(key)
+        if last is not None and now - last < self._window:
+            return True
+        if len(self._seen) >= self._size:
+            self._seen.clear()
+        self._seen[key] = now
+        return False
+
+
+def _typed_login() -> str:
+    """What the sign-in form names, whichever of its fields the app uses."""
+    return (request.form.get("username") or request.form.get("email") or "")[:256]
+
+
 def register(app: Flask, um: UserManager) -> None:
     """Add the ``user.*`` URL rules to ``app``."""
     s = um.settings
@@ -109,19 +137,94 @@ def register(app: Flask, um: UserManager) -> None:
     limiter = st.limiter
     aaa_settings = st.settings
 
+    def forward(endpoint: str, enabled: bool, **values: Any) -> Any:
+        if not enabled or endpoint not in current_app.view_functions:
+            abort(404)
+        return redirect(url_for(endpoint, **values), 307 if request.method == "POST" else 303)
+
+    recently_audited = _Recently(window=60.0)
+
+    def audit_throttled(limit: Any) -> None:
+        """A breached sign-in limit is a security event (``auth.login.throttled``), as on
+        Flask-AAA's own sign-in page: once a minute per limit and key per process."""
+        if recently_audited.seen(str(getattr(limit, "key", limit.limit))):
+            return
+        db = db_session()
+        audit.record_apart(
+            db,
+            action="auth.login.throttled",
+            actor=current_actor(),
+            outcome="denied",
+            facts=request_facts(),
+            target=accounts.find_by_login(db, aaa_settings, _typed_login()),
+            details={"limit": str(limit.limit)},
+        )
+
     def account_key() -> str:
-        typed = (request.form.get("username") or request.form.get("email") or "")[:256]
-        return "login:" + accounts.login_key(typed)
+        """One budget per user (the app's and Flask-AAA's ids are one), whichever
+        identifier is typed; unknown logins are limited by their normalized text."""
+        typed = _typed_login()
+        found = um.find_app_user(typed) or accounts.find_by_login(db_session(), aaa_settings, typed)
+        return f"user:{found.id}" if found is not None else "login:" + accounts.login_key(typed)
+
+    def user_key() -> str:
+        return f"user:{aaa_current_user.id}"
+
+    def linked_login(typed: str) -> str:
+        """The Flask-AAA login of the app's user named ``typed``, linked (and synced)
+        first when needed; ``typed`` itself when the app has no such user."""
+        db = db_session()
+        app_user = um.find_app_user(typed)
+        if app_user is None:
+            return typed
+        if um.in_sync(app_user):
+            linked = accounts.assert_user(db.get(User, app_user.id))
+        else:
+            db.rollback()
+            with writing():
+                linked = um.sync_user(app_user)
+                db.commit()
+        return linked.username or linked.email or typed
+
+    def refuse_for_the_app(user_id: int) -> AuthenticationFailed:
+        """Flask-AAA would let the account in (its last administrator stays enabled, say),
+        but the app's own row says no: recorded as a failed sign-in, answered as one."""
+        db = db_session()
+        db.rollback()
+        audit.record_apart(
+            db,
+            action="auth.login.failed",
+            actor=Actor.anonymous(),
+            outcome="failure",
+            facts=request_facts(),
+            target=db.get(User, user_id),
+            details={"reason": APP_DISABLED},
+        )
+        return AuthenticationFailed(APP_DISABLED)
+
+    def refused(form: LoginForm, template: str, context: dict[str, Any], exc: Any) -> Any:
+        """The one answer to every failed sign-in (A01)."""
+        if wants_json():
+            body = jsonify({"error": exc.code, "message": exc.message})
+            body.status_code = 401
+            return body
+        form.username.errors = [BAD_LOGIN]
+        form.password.errors = [BAD_LOGIN]
+        return _status_page(template, 401, context)
 
     @_public
     @limiter.limit(
-        lambda: aaa_settings.login_limit_per_ip, methods=["POST"], key_func=get_remote_address
+        lambda: aaa_settings.login_limit_per_ip,
+        methods=["POST"],
+        key_func=get_remote_address,
+        on_breach=audit_throttled,
     )
     @limiter.limit(
         lambda: aaa_settings.login_limit_per_account,
         methods=["POST"],
         key_func=account_key,
         deduct_when=lambda response: response.status_code == 401,
+        on_breach=audit_throttled,
     )
     def login() -> Any:
         nxt = _next(um, "next", "USER_AFTER_LOGIN_ENDPOINT")
@@ -147,19 +250,12 @@ def register(app: Flask, um: UserManager) -> None:
                 form.password.errors = [*list(form.password.errors or ()), "Password is required"]
             return _status_page(template, 400, context)
         db = db_session()
-        app_user = um.find_app_user(typed)
-        login_name = typed
-        if app_user is not None:
-            with writing():
-                user = um.sync_user(app_user)
-                db.commit()
-            login_name = user.username or user.email or typed
         try:
             user, upgraded = accounts.verify_credentials(
                 db,
                 settings=aaa_settings,
                 passwords=state().passwords,
-                login=login_name,
+                login=linked_login(typed),
                 password=form.password.data,
                 facts=request_facts(),
             )
@@ -168,18 +264,17 @@ def register(app: Flask, um: UserManager) -> None:
             _errors(form, exc, {"login": "username", "password": "password"})
             return _status_page(template, 400, context)
         except AuthenticationFailed as exc:
-            if wants_json():
-                body = jsonify({"error": exc.code, "message": exc.message})
-                body.status_code = 401
-                return body
-            form.username.errors = [BAD_LOGIN]
-            form.password.errors = [BAD_LOGIN]
-            return _status_page(template, 401, context)
+            return refused(form, template, context, exc)
+        if not um.may_sign_in(user.id):
+            return refused(form, template, context, refuse_for_the_app(user.id))
         remember = bool(form.remember_me.data) and bool(s["USER_ENABLE_REMEMBER_ME"])
         if user.mfa_enabled:
             db.commit()  # keeps an upgraded hash and the cleared failure count
             begin_pending(user, remember=remember, nxt=nxt)
-            return redirect(url_for("aaa_mfa.verify"), 303)
+            verify_url = url_for("aaa_mfa.verify")
+            if wants_json():
+                return jsonify({"mfa_required": True, "verify_url": verify_url})
+            return redirect(verify_url, 303)
         response = finish_login(
             user, remember=remember, nxt=nxt, details={"hash_upgraded": True} if upgraded else {}
         )
@@ -226,11 +321,20 @@ def register(app: Flask, um: UserManager) -> None:
     @limiter.limit(
         lambda: aaa_settings.register_limit_per_ip, methods=["POST"], key_func=get_remote_address
     )
+    @recovery_web.mail_limits(
+        aaa_settings, per_ip=False, exempt_when=lambda: not aaa_settings.confirm_email
+    )
     def register_view() -> Any:
         if not s["USER_ENABLE_REGISTER"]:
             abort(404)
         if not aaa_settings.enable_registration:
             raise RegistrationClosed()
+        invitation = request.args.get("token") or request.args.get("invite")
+        if invitation or aaa_settings.invite_only:
+            # Invitations are accepted on Flask-AAA's registration page (Flask-User's links
+            # carried ``?token=``); it creates the app's row too.
+            values = {"invite": invitation} if invitation else {}
+            return forward("aaa_auth.register", True, **values)
         form = RegisterForm()
         template = s["USER_REGISTER_TEMPLATE"]
         context: dict[str, Any] = {"form": form, "register_form": form, "login_form": LoginForm()}
@@ -251,9 +355,8 @@ def register(app: Flask, um: UserManager) -> None:
             ):
                 raise InvalidInput({"confirm": "Password and Retype Password did not match"})
             with writing():
-                # Every app user gets its Flask-AAA account (same id) before a new id is
-                # handed out, so the two id spaces never cross.
-                link_missing(db, um.unlinked_accounts(), facts=request_facts())
+                # The new account gets an id free in both tables and its app row at the
+                # flush (see manager.py).
                 result = recovery.register(
                     db,
                     settings=aaa_settings,
@@ -263,7 +366,6 @@ def register(app: Flask, um: UserManager) -> None:
                     password=form.password.data,
                     facts=request_facts(),
                 )
-                app_user = um.new_app_user(result.user) if result.user is not None else None
                 db.commit()
         except InvalidToken:
             db.rollback()
@@ -272,6 +374,11 @@ def register(app: Flask, um: UserManager) -> None:
             db.rollback()
             _errors(form, exc)
             return _status_page(template, 400, context)
+        return registered(result, reg_next)
+
+    def registered(result: recovery.Registered, reg_next: str) -> Any:
+        """Mail, signal and answer once a registration is committed."""
+        app_user = um.load_app_user(result.user.id) if result.user is not None else None
         recovery_web.send(result.mail)
         if app_user is not None:
             signals.user_registered.send(_app(), user=app_user, user_invitation=None)
@@ -295,6 +402,7 @@ def register(app: Flask, um: UserManager) -> None:
         return redirect(url_for("user.login", next=reg_next))
 
     @login_required
+    @limiter.limit(lambda: aaa_settings.change_password_limit, methods=["POST"], key_func=user_key)
     def change_password() -> Any:
         if not s["USER_ENABLE_CHANGE_PASSWORD"]:
             abort(404)
@@ -335,11 +443,6 @@ def register(app: Flask, um: UserManager) -> None:
         signals.user_changed_password.send(_app(), user=um.load_app_user(user.id))
         flash("Your password has been changed successfully.", "success")
         return redirect(_next(um, "next", "USER_AFTER_CHANGE_PASSWORD_ENDPOINT"))
-
-    def forward(endpoint: str, enabled: bool, **values: Any) -> Any:
-        if not enabled or endpoint not in current_app.view_functions:
-            abort(404)
-        return redirect(url_for(endpoint, **values), 307 if request.method == "POST" else 303)
 
     @_public
     def forgot_password() -> Any:

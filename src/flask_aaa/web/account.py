@@ -166,7 +166,7 @@ def create_blueprint() -> Blueprint:
         )
 
     @bp.post("/sessions/<int(max=2147483647):session_id>/revoke")
-    @login_required
+    @fresh_login_required  # ASVS 7.5.2: ending sessions needs a recent password
     def revoke_session(session_id: int) -> Any:
         user = signed_in_user()
         current = login_session()
@@ -184,7 +184,7 @@ def create_blueprint() -> Blueprint:
         return redirect(url_for("aaa_account.session_list"), 303)
 
     @bp.post("/sessions/revoke-others")
-    @login_required
+    @fresh_login_required
     def revoke_other_sessions() -> Any:
         user = signed_in_user()
         db = db_session()
