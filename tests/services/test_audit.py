@@ -806,3 +806,28 @@ def test_V03_backward_clock_jump_keeps_seq_order(session):
     lines = [json.loads(line) for line in audit.export_jsonl(session, audit.AuditFilter())]
     assert [line["action"] for line in lines] == ["a.first", "a.second"]
     assert verify(session).ok
+
+
+def test_L09_event_recorded_while_the_commit_flushes_is_sealed_in_that_commit(session):
+    """An app's flush listener may record an event about what is being flushed; the commit
+    flushes before it seals, so that event commits with the change, not later or never."""
+    from sqlalchemy import event as sa_event
+
+    from flask_aaa.models import Role
+
+    def on_flush(db: Session, _context: object, _instances: object) -> None:
+        for obj in db.new:
+            if isinstance(obj, Role):
+                audit.record(db, action="app.role_seen", actor=SYSTEM)
+
+    sa_event.listen(session, "before_flush", on_flush)
+    try:
+        with writing():
+            session.add(Role(name="flushed"))
+            session.commit()
+    finally:
+        sa_event.remove(session, "before_flush", on_flush)
+    assert seqs(session) == [1]
+    assert session.scalar(select(AuditEvent.action)) == "app.role_seen"
+    assert not session.info.get("aaa_audit_pending")
+    assert verify(session).ok

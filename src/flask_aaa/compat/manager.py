@@ -295,18 +295,10 @@ _LISTENING: list[bool] = []
 
 def _listen_once() -> None:
     if not _LISTENING:
+        # The events this records (``flask_user.synced``, ``user.disabled``, ...) are sealed
+        # with the commit: the audit trail flushes before it seals.
         event.listen(Session, "before_flush", _mirror)
-        # First among the before-commit hooks: Flask-AAA seals the audit events of a
-        # transaction in its own before-commit hook, before the commit's flush. The events
-        # that flush records (``flask_user.synced``, ``user.disabled``, ...) must be there.
-        event.listen(Session, "before_commit", _flush_before_sealing, insert=True)
         _LISTENING.append(True)
-
-
-def _flush_before_sealing(session: Session) -> None:
-    pending = session.new or session.dirty or session.deleted
-    if pending and has_app_context() and EXTENSION_KEY in current_app.extensions:
-        session.flush()
 
 
 #: (Flask-AAA attribute, app attribute) pairs mirrored from Flask-AAA to the app on each

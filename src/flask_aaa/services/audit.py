@@ -287,6 +287,10 @@ _INSERT_CHECKPOINT = _CHECKPOINTS.insert()
 
 @event.listens_for(Session, "before_commit")
 def _seal(db: Session) -> None:
+    if db.new or db.dirty or db.deleted:
+        # The commit would flush after this hook; flush first, so that an event recorded
+        # while flushing (by a flush listener of the app) is sealed with the rest.
+        db.flush()
     pending: list[tuple[AuditEvent, bool]] | None = db.info.pop(_PENDING, None)
     force_checkpoint = db.info.pop(_FORCE_CHECKPOINT, False)
     if not pending:
