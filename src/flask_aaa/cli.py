@@ -227,11 +227,19 @@ def reset_2fa(user: str) -> None:
 
 
 @aaa_cli.command("revoke-sessions")
-@click.argument("user")
+@click.argument("user", required=False)
+@click.option("--all", "everyone", is_flag=True, help="Sign every user out, everywhere.")
 @transactional
-def revoke_sessions(user: str) -> None:
-    """Sign USER out everywhere (sessions and remember-me cookies)."""
-    subject = _user(user)
+def revoke_sessions(user: str | None, everyone: bool) -> None:
+    """Sign USER (or, with --all, every user) out everywhere: sessions and remember-me
+    cookies."""
+    if everyone == (user is not None):
+        raise click.UsageError("name one USER, or give --all")
+    if everyone:
+        ended = sessions.revoke_everyone(_db(), actor=_actor(), facts=_facts())
+        click.echo(f"Signed everyone out of {ended} session(s).")
+        return
+    subject = _user(cast(str, user))
     ended = sessions.revoke_all_by_admin(_db(), actor=_actor(), user=subject, facts=_facts())
     click.echo(f"Signed {subject.label} out of {ended} session(s).")
 

@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 
 from flask_aaa.devidp import DevClient, DevIdP
 from flask_aaa.services import oidc
+from tests.conftest import post
 
 from .fakes import FakeGitHub, FakeOP
 
@@ -77,7 +78,7 @@ def config(config: dict[str, Any], devidp: DevIdP, fake_op: FakeOP) -> dict[str,
 
 def start(client: FlaskClient, provider: str = "dev", **query: str) -> str:
     """Begin a sign-in; return the provider's authorization URL."""
-    response = client.get(f"/auth/oidc/{provider}", query_string=query)
+    response = post(client, f"/auth/oidc/{provider}", query)
     assert response.status_code == 303, response.get_data(as_text=True)
     return str(response.headers["Location"])
 

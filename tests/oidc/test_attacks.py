@@ -14,7 +14,7 @@ from sqlalchemy import select
 from flask_aaa.models import AuditEvent, Challenge, ExternalIdentity, User
 from flask_aaa.services import oidc
 from flask_aaa.services.oidc import s256
-from tests.conftest import dump_database, fresh, post
+from tests.conftest import dump_database, fresh, post, post_json
 
 from .conftest import CLIENT_ID, CLIENT_SECRET, approve, query_of, sign_in, start
 from .fakes import RawServer, http_answer, sign_raw, unsigned
@@ -186,7 +186,7 @@ def test_O03_keys_unavailable_fails_closed_with_503(client, db, fake_op):
 
 def test_O03_provider_down_at_start_fails_closed(client, db, fake_op):
     fake_op.stop()
-    response = client.get("/auth/oidc/fake", headers=JSON)
+    response = post_json(client, "/auth/oidc/fake", headers=JSON)
     assert response.status_code == 503
     assert fresh(db).scalar(select(Challenge.id)) is None
     assert failures(db) == ["unreachable:ConnectionError"]
@@ -200,7 +200,7 @@ def test_O03_token_endpoint_down_fails_closed(client, db, fake_op):
 
 def test_O03_discovery_naming_another_issuer_is_refused(client, fake_op):
     fake_op.discovery_issuer = "https://accounts.example"
-    assert client.get("/auth/oidc/fake", headers=JSON).status_code == 503
+    assert post_json(client, "/auth/oidc/fake", headers=JSON).status_code == 503
 
 
 def test_O03_rotated_key_is_fetched_once_more(client, fake_op):

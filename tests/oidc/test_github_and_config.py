@@ -9,7 +9,7 @@ from sqlalchemy import select
 from flask_aaa.errors import ConfigurationError
 from flask_aaa.extension import unguarded_endpoints
 from flask_aaa.models import ExternalIdentity, User
-from tests.conftest import build_app, fresh
+from tests.conftest import build_app, fresh, post
 
 from .conftest import CLIENT_ID, CLIENT_SECRET, sign_in
 
@@ -108,5 +108,5 @@ def test_deny_by_default_guards_every_oidc_page(config, request):
     app = request.getfixturevalue("app")
     assert unguarded_endpoints(app) == []
     client = app.test_client()
-    assert client.get("/auth/oidc/dev").status_code == 303  # public: off to the provider
+    assert post(client, "/auth/oidc/dev").status_code == 303  # public: off to the provider
     assert client.get("/account/identities", headers=JSON).status_code == 401

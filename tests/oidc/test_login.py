@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from flask_aaa.db import utcnow
-from flask_aaa.models import AuditEvent, ExternalIdentity, User
+from flask_aaa.models import AuditEvent, Challenge, ExternalIdentity, User
 from tests.conftest import fresh, post
 
 from .conftest import sign_in
@@ -123,5 +123,20 @@ def test_unsafe_next_is_dropped(client):
 
 
 def test_unknown_provider_is_404(client):
-    assert client.get("/auth/oidc/nope").status_code == 404
+    assert post(client, "/auth/oidc/nope").status_code == 404
     assert client.get("/auth/oidc/nope/callback?state=x&code=y").status_code == 404
+
+
+def test_Z05_sign_in_with_a_provider_cannot_be_started_by_another_site(client, db):
+    """ASVS 7.6.2 / 3.5.3: a GET (a link or an image on another site) starts nothing, and a
+    POST without this browser's CSRF token is refused; no state is stored either way."""
+    assert client.get("/auth/oidc/dev").status_code == 405
+    assert client.post("/auth/oidc/dev", data={"next": "/"}).status_code == 400
+    assert fresh(db).scalar(select(Challenge.id)) is None
+
+
+def test_login_page_offers_providers_as_csrf_protected_forms(client):
+    page = client.get("/auth/login?next=/private").get_data(as_text=True)
+    assert 'action="/auth/oidc/dev"' in page
+    assert 'name="csrf_token"' in page
+    assert 'name="next" value="/private"' in page

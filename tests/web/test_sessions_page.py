@@ -349,6 +349,30 @@ def test_S04_cli_revoke_sessions_signs_a_user_out_everywhere(app, alice, db):
     assert (event.actor_type, event.target_id) == ("system", str(alice.id))
 
 
+def test_S04_cli_revoke_sessions_all_signs_everyone_out(app, alice, make_user, db):
+    """ASVS 7.4.5: one command ends every session of every user, remember-me included."""
+    make_user("bob")
+    a = device(app, agent="Device-A")
+    b = device(app, "bob", "Device-B")
+    result = app.test_cli_runner().invoke(args=["aaa", "revoke-sessions", "--all"])
+    assert result.exit_code == 0, result.output
+    assert "Signed everyone out of 2 session(s)." in result.output
+    assert not is_signed_in(a)
+    assert not is_signed_in(b)
+    [event] = events(db, "session.revoked_everyone")
+    assert json.loads(event.details) == {"sessions_ended": 2}
+    assert event.target_type is None
+
+
+@pytest.mark.parametrize("args", [[], ["alice", "--all"]])
+def test_cli_revoke_sessions_needs_a_user_or_all(app, alice, db, args):
+    a = device(app, agent="Device-A")
+    result = app.test_cli_runner().invoke(args=["aaa", "revoke-sessions", *args])
+    assert result.exit_code == 2
+    assert is_signed_in(a)
+    assert events(db, "session.revoked") == []
+
+
 def test_S04_disabling_a_user_signs_them_out_at_once(app, alice, admin):
     a = device(app, agent="Device-A")
     response = post_json(admin_client(app), f"/admin/users/{alice.id}/active", {"active": "0"})

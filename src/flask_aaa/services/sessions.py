@@ -124,18 +124,17 @@ def revoke(db: Session, record: LoginSession, *, reason: str) -> None:
         record.revoked_reason = reason
 
 
-def revoke_all(db: Session, user: User, *, reason: str, keep: LoginSession | None = None) -> int:
-    """End every live session of ``user`` but ``keep``, and every remember-me series;
-    return how many sessions were ended."""
-    db.execute(
-        update(RememberToken)
-        .where(RememberToken.user_id == user.id, RememberToken.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    stmt = update(LoginSession).where(
-        LoginSession.user_id == user.id, LoginSession.revoked_at.is_(None)
-    )
+def revoke_all(
+    db: Session, user: User | None, *, reason: str, keep: LoginSession | None = None
+) -> int:
+    """End every live session of ``user`` (of every user when None) but ``keep``, and every
+    remember-me series; return how many sessions were ended."""
+    series = update(RememberToken).where(RememberToken.revoked_at.is_(None))
+    stmt = update(LoginSession).where(LoginSession.revoked_at.is_(None))
+    if user is not None:
+        series = series.where(RememberToken.user_id == user.id)
+        stmt = stmt.where(LoginSession.user_id == user.id)
+    db.execute(series.values(revoked_at=utcnow()).execution_options(synchronize_session=False))
     if keep is not None:
         stmt = stmt.where(LoginSession.id != keep.id)
     result = db.execute(
@@ -321,6 +320,24 @@ def revoke_all_by_admin(
         action="session.revoked_all",
         actor=actor,
         target=user,
+        facts=facts,
+        details={"sessions_ended": ended},
+    )
+    return ended
+
+
+def revoke_everyone(db: Session, *, actor: Actor, facts: RequestFacts | None = None) -> int:
+    """An administrator (``aaa:users:write``) signs every user out everywhere: sessions and
+    remember-me series (after a suspected breach, or a change of ``SECRET_KEY``). The
+    actor's own sessions end too. One event, ``session.revoked_everyone``."""
+    from . import rbac
+
+    rbac.check(db, actor, [rbac.MANAGE_USERS], facts=facts)
+    ended = revoke_all(db, None, reason="revoked_by_admin")
+    audit.record(
+        db,
+        action="session.revoked_everyone",
+        actor=actor,
         facts=facts,
         details={"sessions_ended": ended},
     )

@@ -145,13 +145,16 @@ def create_blueprint() -> Blueprint:
             return jsonify({"authorize_url": url})
         return redirect(url, 303)
 
-    @bp.get(f"{auth_prefix}/oidc/<provider>", endpoint="login")
+    @bp.post(f"{auth_prefix}/oidc/<provider>", endpoint="login")
     @public
     @limiter.limit(lambda: settings.login_limit_per_ip, key_func=get_remote_address)
     def login(provider: str) -> Any:
-        """Sign in with ``provider``: off to its authorization page."""
+        """Sign in with ``provider``: off to its authorization page. A POST with the CSRF
+        token, so that no other site can start a sign-in in this browser (a provider that
+        answers at once would then sign it in without a click here)."""
         found = provider_named(provider)
-        return start(found, purpose=LOGIN, user_id=None, nxt=safe_next(request.args.get("next")))
+        nxt = request.form.get("next") or request.args.get("next")
+        return start(found, purpose=LOGIN, user_id=None, nxt=safe_next(nxt))
 
     @bp.get(f"{auth_prefix}/oidc/<provider>/callback", endpoint="callback")
     @public
