@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import os
 import re
 import threading
 import unicodedata
@@ -575,3 +576,38 @@ def test_A03_slot_is_returned_when_hashing_fails(one_slot):
 
 def test_normalize_password_is_nfkc():
     assert normalize_password("\uff21\ufb01") == "Afi"
+
+
+def test_A03_hashing_runs_on_a_fixed_set_of_threads():
+    """Memory, not only time, is bounded: argon2 leaves a freed ``memory_cost`` block in the
+    malloc arena of each thread that hashed, so hashes run on as many threads as slots,
+    however many request threads sign in at once."""
+    passwords = PasswordService(make_settings(PASSWORD_HASH_CONCURRENCY=2, PASSWORD_HASH_WAIT=10))
+    seen: set[str] = set()
+    real_verify = passwords._verify
+
+    def spy(*args):
+        seen.add(threading.current_thread().name)
+        return real_verify(*args)
+
+    stored = passwords.hash(PASSWORD)
+    with mock.patch.object(passwords, "_verify", side_effect=spy):
+        callers = [
+            threading.Thread(target=passwords.verify, args=(PASSWORD, stored)) for _ in range(12)
+        ]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(30)
+    assert 1 <= len(seen) <= 2
+    assert all(name.startswith("aaa-hash") for name in seen)
+
+
+def test_A03_a_forked_process_gets_its_own_hashing_threads(monkeypatch):
+    """A pool inherited through fork has no threads in the child: a new one is made there."""
+    passwords = PasswordService(make_settings(PASSWORD_HASH_CONCURRENCY=1))
+    passwords.hash(PASSWORD)
+    parent_pool = passwords._pool
+    monkeypatch.setattr(os, "getpid", lambda: -1)
+    assert passwords.verify(PASSWORD, passwords.hash(PASSWORD))[0] is True
+    assert passwords._pool is not parent_pool

@@ -16,11 +16,14 @@ import functools
 import hashlib
 import importlib.resources
 import logging
+import os
 import threading
 import unicodedata
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from pwdlib import PasswordHash
 from pwdlib.exceptions import UnknownHashError
@@ -73,6 +76,8 @@ class PasswordService:
         )
         self._hash = PasswordHash((self._argon2, BcryptHasher()))
         self._slots = threading.BoundedSemaphore(settings.password_hash_concurrency)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
         self._dummy_hash = self._argon2.hash("dummy password for unknown users")
 
     # -- rules --
@@ -160,8 +165,7 @@ class PasswordService:
 
     def hash(self, password: str) -> str:
         """argon2id hash of the normalized ``password``."""
-        with self._slot():
-            return self._argon2.hash(normalize_password(password))
+        return self._on_pool(self._argon2.hash, normalize_password(password))
 
     def verify(self, password: str, stored_hash: str | None) -> tuple[bool, str | None]:
         """Check ``password``; return ``(ok, new_hash)`` where ``new_hash`` is set when the
@@ -170,18 +174,20 @@ class PasswordService:
         With ``stored_hash=None`` (unknown user, or an account without a password) the
         dummy hash is verified instead, so the cost is the same, and the answer is False."""
         self.check_length(password)
+        return self._on_pool(self._verify, password, stored_hash)
+
+    def _verify(self, password: str, stored_hash: str | None) -> tuple[bool, str | None]:
         raw, password = password, normalize_password(password)
-        with self._slot():
-            if stored_hash is None:
-                self._argon2.verify(password, self._dummy_hash)
-                return False, None
-            if BcryptHasher.identify(stored_hash):
-                return self._verify_bcrypt(raw, password, stored_hash)
-            try:
-                return self._hash.verify_and_update(password, stored_hash)
-            except UnknownHashError:
-                self._argon2.verify(password, self._dummy_hash)
-                return False, None
+        if stored_hash is None:
+            self._argon2.verify(password, self._dummy_hash)
+            return False, None
+        if BcryptHasher.identify(stored_hash):
+            return self._verify_bcrypt(raw, password, stored_hash)
+        try:
+            return self._hash.verify_and_update(password, stored_hash)
+        except UnknownHashError:
+            self._argon2.verify(password, self._dummy_hash)
+            return False, None
 
     def _verify_bcrypt(self, raw: str, password: str, stored_hash: str) -> tuple[bool, str | None]:
         # Flask-User hashed the password as typed (no normalization); the argon2id hash that
@@ -198,8 +204,34 @@ class PasswordService:
             stored_hash
         )
 
-    def _slot(self) -> _Slot:
-        return _Slot(self._slots, self.settings.password_hash_wait)
+    def _on_pool(self, work: Callable[..., _T], *args: Any) -> _T:
+        """Run ``work`` on one of ``AAA_PASSWORD_HASH_CONCURRENCY`` hashing threads, after
+        waiting at most ``AAA_PASSWORD_HASH_WAIT`` for a free slot (else 503).
+
+        A fixed set of threads bounds memory, not only time: each argon2 hash allocates
+        ``memory_cost`` KiB in its thread's malloc arena, and glibc keeps a freed block in
+        that arena for reuse. Hashing on the request threads would leave such a block behind
+        in every thread that ever hashed (50 concurrent sign-ins: 50 arenas); on the pool
+        there are as many as there are slots."""
+        with _Slot(self._slots, self.settings.password_hash_wait):
+            return self._executor().submit(work, *args).result()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        # One pool per process: a pool inherited through fork (gunicorn's preload) has no
+        # threads in the child.
+        if self._pool is None or self._pool_pid != os.getpid():
+            with _POOL_LOCK:
+                if self._pool is None or self._pool_pid != os.getpid():
+                    self._pool = ThreadPoolExecutor(
+                        max_workers=self.settings.password_hash_concurrency,
+                        thread_name_prefix="aaa-hash",
+                    )
+                    self._pool_pid = os.getpid()
+        return self._pool
+
+
+_T = TypeVar("_T")
+_POOL_LOCK = threading.Lock()
 
 
 class _Slot:
