@@ -9,6 +9,7 @@ one ``AAA`` object can serve several apps.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import db as dbutil
 from .config import Settings
@@ -42,6 +44,8 @@ from .web import (
 )
 from .web.context import AnonymousUser, current_user, state
 from .web.decorators import GUARD_ATTR
+
+_log = logging.getLogger("flask_aaa")
 
 
 @dataclasses.dataclass(slots=True)
@@ -94,6 +98,7 @@ class AAA:
                 dbutil.configure_engine(engine)
                 signing.use(engine, signer)
 
+        _guard_session_teardown(app, self.db)
         _configure_cookies(app, settings)
         login_manager = _login_manager(app)
         csrf = app.extensions.get("csrf") or CSRFProtect(app)
@@ -184,6 +189,25 @@ class AAA:
         from .cli import aaa_cli
 
         app.cli.add_command(aaa_cli)
+
+
+def _guard_session_teardown(app: Flask, db: SQLAlchemy) -> None:
+    """Flask-SQLAlchemy closes the session when the app context ends; if the connection was
+    lost during the request, that close (a rollback) raises, and the answer already made
+    becomes a 500. Wrap it so the loss is logged instead: the pool discards the connection
+    either way."""
+    funcs = app.teardown_appcontext_funcs
+    for number, func in enumerate(funcs):
+        if getattr(func, "__self__", None) is db and not getattr(func, "_aaa_guarded", False):
+
+            def guarded(exc: BaseException | None, _close: Any = func) -> None:
+                try:
+                    _close(exc)
+                except SQLAlchemyError as error:
+                    _log.warning("closing the database session failed: %s", type(error).__name__)
+
+            guarded._aaa_guarded = True  # type: ignore[attr-defined]
+            funcs[number] = guarded
 
 
 def _audit_signer(app: Flask, settings: Settings) -> signing.Signer | None:

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from flask import Flask, url_for
 from sqlalchemy import func, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 import flask_aaa.services.audit as audit_service
 from flask_aaa.db import writing
@@ -485,5 +485,32 @@ def test_L08_denial_fails_closed_with_503_when_it_cannot_be_audited(
     assert response.status_code == 503
     assert response.get_json()["error"] == "service_unavailable"
     assert response.headers.get("Retry-After")
+    monkeypatch.undo()
+    assert event_count(db) == before
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ProgrammingError("INSERT INTO aaa_audit_events", {}, Exception("permission denied")),
+        IntegrityError("INSERT INTO aaa_audit_events", {}, Exception("duplicate key")),
+    ],
+)
+def test_L08_any_failure_to_write_the_event_is_a_503_not_a_500(
+    client, make_user, db, monkeypatch, caplog, error
+):
+    """Not only an unreachable database: a revoked grant or a broken constraint on the
+    trail also fails the action closed with a 503, logged, and nothing is committed."""
+    _writer(client, make_user)
+    before = event_count(db)
+
+    def broken(_fields: Any) -> str:
+        raise error
+
+    monkeypatch.setattr(audit_service, "event_hash", broken)
+    response = post_json(client, "/notes", {})
+    assert response.status_code == 503
+    assert response.headers.get("Retry-After")
+    assert "audit trail unavailable" in caplog.text
     monkeypatch.undo()
     assert event_count(db) == before

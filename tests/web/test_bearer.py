@@ -250,3 +250,32 @@ def test_a_token_write_after_the_touch_interval_is_fast_and_recorded(client, wri
     assert elapsed < 2, elapsed
     token = fresh(db).scalars(select(ApiToken)).one()
     assert token.last_used_at.minute == 2
+
+
+def test_V02_storage_failing_inside_the_bearer_limit_counts_in_memory(
+    app, client, writer, mint, monkeypatch, caplog
+):
+    """The shared limit storage failing in the middle of a bearer request (past
+    Flask-Limiter's own fallback) neither answers 500 nor lets the request through
+    uncounted: it is counted in this process."""
+    from flask_aaa.web import bearer as bearer_web
+
+    secret = mint(writer, ["notes:read"])
+    strategy = app.extensions["aaa"].limiter.limiter
+
+    def down(*_args, **_kwargs):
+        raise ConnectionError("storage unreachable")
+
+    monkeypatch.setattr(strategy, "hit", down)
+    counted = []
+    real_hit = bearer_web._MEMORY.hit
+
+    def spy(*args, **kwargs):
+        counted.append(args)
+        return real_hit(*args, **kwargs)
+
+    monkeypatch.setattr(bearer_web._MEMORY, "hit", spy)
+    response = client.get("/api/notes", headers=bearer(secret))
+    assert response.status_code == 200
+    assert counted
+    assert "counting in memory" in caplog.text

@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 import flask_aaa.services.sessions as sessions_service
 from flask_aaa import public
-from tests.conftest import app_engine, build_app, csrf_token, login
+from tests.conftest import app_engine, build_app, csrf_token, login, post_json
 
 JSON = {"Accept": "application/json"}
 
@@ -322,3 +322,28 @@ def test_the_stylesheet_of_every_page_is_served_locally(client):
     response = client.get(href)
     assert response.status_code == 200
     assert response.mimetype == "text/css"
+
+
+def test_V01_db_down_at_the_login_limit_is_a_503_and_keeps_the_shared_limits(
+    app, client, monkeypatch
+):
+    """The per-account login limit looks the account up; the database failing there must
+    not look like a failure of the limit storage (Flask-Limiter would move every limit to
+    per-process memory) nor answer 500."""
+    from flask_aaa.services import accounts as accounts_service
+
+    monkeypatch.setattr(accounts_service, "find_by_login", _db_error)
+    response = post_json(client, "/auth/login", {"login": "alice", "password": "x" * 20})
+    assert_service_unavailable(response)
+    assert not app.extensions["aaa"].limiter._storage_dead
+
+
+def test_V01_connection_lost_when_the_session_closes_keeps_the_answer(client, monkeypatch, caplog):
+    """The connection dying during a request makes Flask-SQLAlchemy's closing rollback
+    raise after the answer is made; that must be logged, not turn the answer into a 500."""
+    from sqlalchemy.orm import scoping
+
+    monkeypatch.setattr(scoping.scoped_session, "remove", _db_error)
+    response = client.get("/")
+    assert response.status_code == 200
+    assert "closing the database session failed: OperationalError" in caplog.text

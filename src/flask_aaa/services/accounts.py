@@ -463,7 +463,8 @@ def _succeed(
 ) -> None:
     user.last_login_at = utcnow()
     user.last_login_ip = facts.ip
-    user.login_count = (user.login_count or 0) + 1
+    # In SQL, not in Python: concurrent sign-ins of one account must not lose a count.
+    user.login_count = User.login_count + 1
     if session is not None:
         facts = dataclasses.replace(facts, session_hash=session.token_hash)
     audit.record(

@@ -39,7 +39,8 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from ..db import utcnow, writing
@@ -295,32 +296,40 @@ def _seal(db: Session) -> None:
     force_checkpoint = db.info.pop(_FORCE_CHECKPOINT, False)
     if not pending:
         return
-    head_seq, head_hash = db.execute(_LOCK_HEAD).one()
-    first = head_seq
-    rows = []
-    for event_, _mirror in pending:
-        head_seq += 1
-        event_.seq = head_seq
-        event_.prev_hash = head_hash
-        event_.hash = head_hash = event_hash(_fields(event_))
-        rows.append({name: getattr(event_, name) for name in EXPORT_COLUMNS})
-    # One Core insert for the batch: the events are never loaded back, so the ORM's unit of
-    # work would only add bookkeeping (they stay plain objects the caller can read).
-    db.execute(_INSERT_EVENTS, rows)
-    mac = key = None
-    signer = signing.for_session(db)
-    if signer is not None:
-        mac, key = signer.sign("head", head_seq, head_hash), signer.key_id
-        every = signer.checkpoint_every
-        if force_checkpoint or (every and head_seq // every > first // every):
-            signed = _signed_row(signer, "checkpoint", head_seq, head_hash)
-            db.execute(_INSERT_CHECKPOINT, [signed])
-            db.info.setdefault(_SEALED_CHECKPOINTS, []).append(signed)
-    db.execute(
-        _SET_HEAD,
-        {"head_seq": head_seq, "head_hash": head_hash, "head_mac": mac, "head_key": key},
-    )
-    db.info.setdefault(_SEALED, []).extend(pending)
+    try:
+        head_seq, head_hash = db.execute(_LOCK_HEAD).one()
+        first = head_seq
+        rows = []
+        for event_, _mirror in pending:
+            head_seq += 1
+            event_.seq = head_seq
+            event_.prev_hash = head_hash
+            event_.hash = head_hash = event_hash(_fields(event_))
+            rows.append({name: getattr(event_, name) for name in EXPORT_COLUMNS})
+        # One Core insert for the batch: the events are never loaded back, so the ORM's unit of
+        # work would only add bookkeeping (they stay plain objects the caller can read).
+        db.execute(_INSERT_EVENTS, rows)
+        mac = key = None
+        signer = signing.for_session(db)
+        if signer is not None:
+            mac, key = signer.sign("head", head_seq, head_hash), signer.key_id
+            every = signer.checkpoint_every
+            if force_checkpoint or (every and head_seq // every > first // every):
+                signed = _signed_row(signer, "checkpoint", head_seq, head_hash)
+                db.execute(_INSERT_CHECKPOINT, [signed])
+                db.info.setdefault(_SEALED_CHECKPOINTS, []).append(signed)
+        db.execute(
+            _SET_HEAD,
+            {"head_seq": head_seq, "head_hash": head_hash, "head_mac": mac, "head_key": key},
+        )
+        db.info.setdefault(_SEALED, []).extend(pending)
+    except (OperationalError, InterfaceError, PoolTimeout):
+        raise  # the database is unreachable: the app's handler answers 503 for those
+    except SQLAlchemyError as exc:
+        # Any other failure (a full disk, a revoked grant, a broken constraint): the action
+        # must not commit without its event. Fail closed, as a 503, and say so in the log.
+        _errors.error("audit trail unavailable; refusing the action (%s)", type(exc).__name__)
+        raise ServiceUnavailable("The audit trail is unavailable. Try again shortly.") from exc
 
 
 def _signed_row(signer: signing.Signer, kind: str, seq: int, chain_hash: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ endpoint answers JSON to JSON clients (send ``X-CSRFToken``; get one from ``/aut
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ from flask import (
 from flask_limiter.util import get_remote_address
 from flask_login import logout_user
 from flask_wtf.csrf import generate_csrf
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import (
     AuthenticationFailed,
@@ -75,6 +77,9 @@ class _Recently:
         return False
 
 
+_log = logging.getLogger("flask_aaa")
+
+
 def _form_error(template: str, exc: InvalidInput, status: int = 400, **context: Any) -> Response:
     if wants_json():
         body = jsonify({"error": exc.code, "message": exc.message, "fields": exc.errors})
@@ -98,26 +103,45 @@ def create_blueprint() -> Blueprint:
         if recently_audited.seen(str(getattr(limit, "key", limit.limit))):
             return
         db = db_session()
+        try:
+            target = accounts.find_by_login(db, settings, peek("login"))
+        except SQLAlchemyError:  # see account_key: nothing may raise inside the limiter
+            db.rollback()
+            _log.error("throttled login not audited: the database is unavailable")
+            return
         audit.record_apart(
             db,
             action="auth.login.throttled",
             actor=current_actor(),
             outcome="denied",
             facts=request_facts(),
-            target=accounts.find_by_login(db, settings, peek("login")),
+            target=target,
             details={"limit": str(limit.limit)},
         )
 
     def account_key() -> str:
         """One budget per account, whichever of its identifiers (username, email, any case
-        or width) is typed; unknown logins are limited by their normalized text."""
-        user = accounts.find_by_login(db_session(), settings, peek("login"))
+        or width) is typed; unknown logins are limited by their normalized text.
+
+        A key function must not raise: Flask-Limiter would take a database error for a
+        failure of its own storage and move every limit to per-process memory. With the
+        database down the login text is the key; the view then answers 503."""
+        try:
+            user = accounts.find_by_login(db_session(), settings, peek("login"))
+        except SQLAlchemyError:
+            db_session().rollback()
+            user = None
         return (
             f"user:{user.id}" if user is not None else "login:" + accounts.login_key(peek("login"))
         )
 
     def user_key() -> str:
-        return f"user:{current_user.id}" if current_user.is_authenticated else get_remote_address()
+        try:
+            signed_in = current_user.is_authenticated
+        except SQLAlchemyError:  # see account_key
+            db_session().rollback()
+            signed_in = False
+        return f"user:{current_user.id}" if signed_in else get_remote_address()
 
     @bp.get("/csrf")
     @public

@@ -10,11 +10,14 @@ is ignored (the request is anonymous).
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import cast
 
 from flask import current_app, g, request
 from limits import parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 
 from ..errors import InvalidInput, Throttled, TokenNotAccepted, TokenRejected
 from ..models import ApiToken
@@ -30,6 +33,11 @@ _SESSION_ONLY = frozenset({SESSION})
 
 #: Longest Authorization header value looked at; longer ones are refused unread.
 MAX_HEADER = 512
+
+
+_log = logging.getLogger("flask_aaa")
+#: Where bearer attempts are counted while the shared storage fails (per process).
+_MEMORY = MovingWindowRateLimiter(MemoryStorage())
 
 
 def via() -> str:
@@ -94,7 +102,16 @@ def _count_attempt() -> None:
     strategy = state().limiter.limiter
     item = parse(state().settings.token_limit_per_ip)
     client = request.remote_addr or "unknown"
-    if not strategy.hit(item, "aaa-bearer", client):
+    try:
+        allowed = strategy.hit(item, "aaa-bearer", client)
+    except Exception as exc:
+        # The shared storage (Redis) failed in the middle of the call, past Flask-Limiter's
+        # own fallback: count in this process instead, never let the request through
+        # uncounted, and never answer 500 for it.
+        _log.warning("rate limit storage failed (%s); counting in memory", type(exc).__name__)
+        strategy = _MEMORY
+        allowed = strategy.hit(item, "aaa-bearer", client)
+    if not allowed:
         stats = strategy.get_window_stats(item, "aaa-bearer", client)
         raise Throttled(retry_after=max(1, int(stats.reset_time - time.time()) + 1))
 

@@ -168,6 +168,13 @@ def install(app: Flask, settings: Settings) -> None:
 
     @app.errorhandler(AAAError)
     def on_aaa_error(exc: AAAError) -> Response:
+        try:
+            return _aaa_error_response(exc)
+        except (OperationalError, InterfaceError, PoolTimeout) as db_exc:
+            # The database went away while the answer was made (its page shows the user).
+            return on_database_error(db_exc)
+
+    def _aaa_error_response(exc: AAAError) -> Response:
         db_session().rollback()
         headers: dict[str, str] = {}
         if isinstance(exc, Throttled | ServiceUnavailable):
@@ -206,8 +213,11 @@ def install(app: Flask, settings: Settings) -> None:
         # show SQL or connection strings; log the kind of failure only. (Other database
         # errors are bugs, and get Flask's generic 500.)
         _log.error("database failure: %s", type(exc).__name__)
-        # The error page must not touch the database again (its header shows the user).
+        # The error page must not touch the database again (its header shows the user, the
+        # impersonation banner its session): forget every record loaded from it.
         g._login_user = AnonymousUser()
+        for name in ("_aaa_login_session", "_aaa_token", "_aaa_impersonator"):
+            g.pop(name, None)
         try:
             db_session().rollback()
         except SQLAlchemyError:
