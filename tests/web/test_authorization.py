@@ -514,3 +514,25 @@ def test_L08_any_failure_to_write_the_event_is_a_503_not_a_500(
     assert "audit trail unavailable" in caplog.text
     monkeypatch.undo()
     assert event_count(db) == before
+
+
+def test_V01_audited_view_losing_the_database_answers_503_and_records_nothing(
+    client, make_user, db, monkeypatch
+):
+    """A connection-level error inside an ``@audited`` view goes to the 503 handler as is:
+    the decorator does not try to write a failure event to a database that is gone (under
+    load that attempt met the dead connection again and answered 500)."""
+    from flask_aaa.web import decorators
+
+    _writer(client, make_user)
+    before = event_count(db)
+
+    def lost(*_args: Any, **_kwargs: Any) -> Any:
+        raise OperationalError("INSERT INTO notes", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(decorators, "make_response", lost)
+    response = post_json(client, "/notes", {})
+    assert response.status_code == 503
+    assert response.headers.get("Retry-After")
+    monkeypatch.undo()
+    assert event_count(db) == before

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
 from flask import make_response
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ..errors import (
     AAAError,
@@ -250,6 +252,8 @@ def audited(action: str, *, target: Callable[..., object] | None = None) -> Call
             except (PermissionDenied, ServiceUnavailable):
                 db.rollback()  # a denial is audited where it is raised; a 503 cannot be
                 raise
+            except (OperationalError, InterfaceError, PoolTimeout):
+                raise  # the database is unreachable: nothing can be recorded; the app's 503
             except AAAError as exc:
                 failed({"error": exc.code})
                 raise
