@@ -831,3 +831,29 @@ def test_L09_event_recorded_while_the_commit_flushes_is_sealed_in_that_commit(se
     assert session.scalar(select(AuditEvent.action)) == "app.role_seen"
     assert not session.info.get("aaa_audit_pending")
     assert verify(session).ok
+
+
+def test_V03_time_range_pages_follow_the_clock_and_walk_every_event_once(session):
+    """With a time range as the only filter a page is read off the time index: newest by
+    ``ts`` (``seq`` breaking ties). Keyset pages still walk every match exactly once, even
+    when the clock went back and ``ts`` and ``seq`` disagree."""
+    stamps = [0, 10, 5, 20, 20, 15, 30]  # minutes after START; the clock went back twice
+    with freeze_time(START) as clock:
+        for minutes in stamps:
+            clock.move_to(START + dt.timedelta(minutes=minutes))
+            with writing():
+                audit.record(session, action="a.tick", actor=SYSTEM)
+                session.commit()
+    flt = audit.AuditFilter(since=START, until=START + dt.timedelta(minutes=25))
+    assert flt.by_time()
+    walked, before = [], None
+    while True:
+        session.rollback()
+        page = audit.query(session, flt, limit=2, before=before)
+        walked += [e.seq for e in page.events]
+        if page.next_before is None:
+            break
+        before = page.next_before
+    # seq 1..6 are in range (seq 7 at 30 min is not); ts order, newest first, seq breaks ties
+    assert walked == [5, 4, 6, 2, 3, 1]
+    assert not audit.AuditFilter(since=START, actor_id=1).by_time()

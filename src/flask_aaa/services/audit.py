@@ -25,10 +25,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, cast
 
 from sqlalchemy import (
+    ColumnElement,
     CursorResult,
     DateTime,
     Select,
     Table,
+    UnaryExpression,
     and_,
     bindparam,
     delete,
@@ -751,6 +753,20 @@ class AuditFilter:
         if self.since and self.until and self.since > self.until:
             raise InvalidInput({"since": "The start of the range is after its end."})
 
+    def by_time(self) -> bool:
+        """A time range is the only filter an index can narrow (see :func:`query`)."""
+        narrow = (
+            self.actor_id,
+            self.involving_user,
+            self.action,
+            self.ip,
+            self.target_type,
+            self.target_id,
+        )
+        return (self.since is not None or self.until is not None) and all(
+            value is None for value in narrow
+        )
+
     def apply(self, stmt: Select[Any]) -> Select[Any]:
         if self.actor_id is not None:
             stmt = stmt.where(AuditEvent.actor_id == self.actor_id)
@@ -795,14 +811,35 @@ class Page:
 
 
 def query(db: Session, flt: AuditFilter, *, limit: int = 50, before: int | None = None) -> Page:
-    """Newest events matching ``flt``, with keyset pagination on ``seq``."""
+    """Newest events matching ``flt``, with keyset pagination on ``seq``.
+
+    Newest means the highest ``seq``, except when a time range is the only narrow filter:
+    then it means the latest ``ts`` (``seq`` breaking ties), read straight off the time
+    index. Both orders are the same unless the clock went back. Ordering such a page by
+    ``seq`` would make the database walk from the newest event back to the range, through
+    every event after it (hundreds of milliseconds at a million events)."""
     stmt = flt.apply(select(AuditEvent))
-    if before is not None:
-        stmt = stmt.where(AuditEvent.seq < before)
-    rows = list(db.scalars(stmt.order_by(AuditEvent.seq.desc()).limit(limit + 1)))
+    order: tuple[UnaryExpression[Any], ...]
+    if flt.by_time():
+        order = (AuditEvent.ts.desc(), AuditEvent.seq.desc())
+        if before is not None:
+            stmt = stmt.where(_before_in_time(db, before))
+    else:
+        order = (AuditEvent.seq.desc(),)
+        if before is not None:
+            stmt = stmt.where(AuditEvent.seq < before)
+    rows = list(db.scalars(stmt.order_by(*order).limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]
     return Page(rows, rows[-1].seq if more and rows else None)
+
+
+def _before_in_time(db: Session, before: int) -> ColumnElement[bool]:
+    """The keyset condition "after event ``before`` in (ts, seq) order, newest first"."""
+    ts = db.scalar(select(AuditEvent.ts).where(AuditEvent.seq == before))
+    if ts is None:  # not an event (a made-up cursor): the events numbered below it
+        return AuditEvent.seq < before
+    return or_(AuditEvent.ts < ts, and_(AuditEvent.ts == ts, AuditEvent.seq < before))
 
 
 def get(db: Session, flt: AuditFilter, seq: int) -> AuditEvent | None:
