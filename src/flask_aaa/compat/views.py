@@ -7,7 +7,6 @@ Flask-AAA's own pages. Thin views: parse, link, call a service, commit once, ans
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from flask import (
@@ -32,6 +31,7 @@ from ..models import User
 from ..services import accounts, audit, recovery, sessions
 from ..services.actors import Actor
 from ..web import recovery as recovery_web
+from ..web.auth import login_limits
 from ..web.context import (
     current_actor,
     db_session,
@@ -105,26 +105,6 @@ def _public(view: Any) -> Any:
     return view
 
 
-class _Recently:
-    """Keys seen in the last ``window`` seconds (bounded: forgets everything when full), so
-    that a flood of refused requests is one audit event a minute, not a flood of writes."""
-
-    def __init__(self, window: float, size: int = 10_000) -> None:
-        self._window = window
-        self._size = size
-        self._seen: dict[str, float] = {}
-
-    def seen(self, key: str) -> bool:
-        now = time.monotonic()
-        last = self._seen.get(key)
-        if last is not None and now - last < self._window:
-            return True
-        if len(self._seen) >= self._size:
-            self._seen.clear()
-        self._seen[key] = now
-        return False
-
-
 def _typed_login() -> str:
     """What the sign-in form names, whichever of its fields the app uses."""
     return (request.form.get("username") or request.form.get("email") or "")[:256]
@@ -142,30 +122,11 @@ def register(app: Flask, um: UserManager) -> None:
             abort(404)
         return redirect(url_for(endpoint, **values), 307 if request.method == "POST" else 303)
 
-    recently_audited = _Recently(window=60.0)
-
-    def audit_throttled(limit: Any) -> None:
-        """A breached sign-in limit is a security event (``auth.login.throttled``), as on
-        Flask-AAA's own sign-in page: once a minute per limit and key per process."""
-        if recently_audited.seen(str(getattr(limit, "key", limit.limit))):
-            return
-        db = db_session()
-        audit.record_apart(
-            db,
-            action="auth.login.throttled",
-            actor=current_actor(),
-            outcome="denied",
-            facts=request_facts(),
-            target=accounts.find_by_login(db, aaa_settings, _typed_login()),
-            details={"limit": str(limit.limit)},
-        )
-
-    def account_key() -> str:
-        """One budget per user (the app's and Flask-AAA's ids are one), whichever
-        identifier is typed; unknown logins are limited by their normalized text."""
-        typed = _typed_login()
+    def account_id(typed: str) -> int | None:
+        """The app's and Flask-AAA's ids are one: the app's user counts even before it is
+        linked, so the budget is not split when the link is made."""
         found = um.find_app_user(typed) or accounts.find_by_login(db_session(), aaa_settings, typed)
-        return f"user:{found.id}" if found is not None else "login:" + accounts.login_key(typed)
+        return found.id if found is not None else None
 
     def user_key() -> str:
         return f"user:{aaa_current_user.id}"
@@ -213,19 +174,7 @@ def register(app: Flask, um: UserManager) -> None:
         return _status_page(template, 401, context)
 
     @_public
-    @limiter.limit(
-        lambda: aaa_settings.login_limit_per_ip,
-        methods=["POST"],
-        key_func=get_remote_address,
-        on_breach=audit_throttled,
-    )
-    @limiter.limit(
-        lambda: aaa_settings.login_limit_per_account,
-        methods=["POST"],
-        key_func=account_key,
-        deduct_when=lambda response: response.status_code == 401,
-        on_breach=audit_throttled,
-    )
+    @login_limits(limiter, aaa_settings, typed_login=_typed_login, account_id=account_id)
     def login() -> Any:
         nxt = _next(um, "next", "USER_AFTER_LOGIN_ENDPOINT")
         signed_in = aaa_current_user.is_authenticated and request.method == "GET"

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from flask import (
     Blueprint,
@@ -21,18 +22,20 @@ from flask import (
     session,
     url_for,
 )
+from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_login import logout_user
 from flask_wtf.csrf import generate_csrf
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..config import Settings
 from ..errors import (
     AuthenticationFailed,
     InvalidInput,
     InvalidToken,
     RegistrationClosed,
 )
-from ..models import LoginSession
+from ..models import LoginSession, User
 from ..services import accounts, audit, recovery, sessions
 from . import impersonation, mail
 from . import recovery as recovery_web
@@ -78,6 +81,7 @@ class _Recently:
 
 
 _log = logging.getLogger("flask_aaa")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _form_error(template: str, exc: InvalidInput, status: int = 400, **context: Any) -> Response:
@@ -88,26 +92,50 @@ def _form_error(template: str, exc: InvalidInput, status: int = 400, **context: 
     return Response(render_template(template, errors=exc.errors, **context), status=status)
 
 
-def create_blueprint() -> Blueprint:
-    st = state()
-    settings = st.settings
-    limiter = st.limiter
-    bp = Blueprint("aaa_auth", __name__)
+def login_limits(
+    limiter: Limiter,
+    settings: Settings,
+    *,
+    typed_login: Callable[[], str],
+    account_id: Callable[[str], int | None] | None = None,
+) -> Callable[[F], F]:
+    """The two limits of a sign-in view: per client address, and per account (failed
+    attempts only), whichever of its identifiers is typed (``account_id`` finds the
+    account's id, by default Flask-AAA's lookup; unknown logins are limited by their
+    normalized text). A breach is a security event, ``auth.login.throttled``, recorded once
+    a minute per limit and key per process (a flood of refused requests must not become a
+    flood of writes), with the account, when the login names one, as its target.
 
+    Nothing here may raise: Flask-Limiter would take a database error for a failure of its
+    own storage and move every limit to per-process memory. With the database down the
+    login text is the key and the breach goes unrecorded (logged); the view answers 503."""
     recently_audited = _Recently(window=60.0)
 
+    def find(typed: str) -> User | None:
+        return accounts.find_by_login(db_session(), settings, typed)
+
+    def find_id(typed: str) -> int | None:
+        found = find(typed)
+        return found.id if found is not None else None
+
+    def account_key() -> str:
+        typed = typed_login()
+        try:
+            found = (account_id or find_id)(typed)
+        except SQLAlchemyError:
+            db_session().rollback()
+            found = None
+        return f"user:{found}" if found is not None else "login:" + accounts.login_key(typed)
+
     def audit_throttled(limit: Any) -> None:
-        """A breached login limit is a security event: record it, once a minute per limit
-        and key per process (a flood of refused requests must not become a flood of
-        writes). The account, when the login names one, is the event's target."""
         if recently_audited.seen(str(getattr(limit, "key", limit.limit))):
             return
         db = db_session()
         try:
-            target = accounts.find_by_login(db, settings, peek("login"))
-        except SQLAlchemyError:  # see account_key: nothing may raise inside the limiter
+            target = find(typed_login())
+        except SQLAlchemyError:
             db.rollback()
-            _log.error("throttled login not audited: the database is unavailable")
+            _log.error("throttled sign-in not audited: the database is unavailable")
             return
         audit.record_apart(
             db,
@@ -119,26 +147,37 @@ def create_blueprint() -> Blueprint:
             details={"limit": str(limit.limit)},
         )
 
-    def account_key() -> str:
-        """One budget per account, whichever of its identifiers (username, email, any case
-        or width) is typed; unknown logins are limited by their normalized text.
-
-        A key function must not raise: Flask-Limiter would take a database error for a
-        failure of its own storage and move every limit to per-process memory. With the
-        database down the login text is the key; the view then answers 503."""
-        try:
-            user = accounts.find_by_login(db_session(), settings, peek("login"))
-        except SQLAlchemyError:
-            db_session().rollback()
-            user = None
-        return (
-            f"user:{user.id}" if user is not None else "login:" + accounts.login_key(peek("login"))
+    def decorate(view: F) -> F:
+        limited = limiter.limit(
+            lambda: settings.login_limit_per_account,
+            methods=["POST"],
+            key_func=account_key,
+            deduct_when=lambda response: response.status_code == 401,
+            on_breach=audit_throttled,
+        )(view)
+        return cast(
+            F,
+            limiter.limit(
+                lambda: settings.login_limit_per_ip,
+                methods=["POST"],
+                key_func=get_remote_address,
+                on_breach=audit_throttled,
+            )(limited),
         )
+
+    return decorate
+
+
+def create_blueprint() -> Blueprint:
+    st = state()
+    settings = st.settings
+    limiter = st.limiter
+    bp = Blueprint("aaa_auth", __name__)
 
     def user_key() -> str:
         try:
             signed_in = current_user.is_authenticated
-        except SQLAlchemyError:  # see account_key
+        except SQLAlchemyError:  # see login_limits: a key function must not raise
             db_session().rollback()
             signed_in = False
         return f"user:{current_user.id}" if signed_in else get_remote_address()
@@ -151,19 +190,7 @@ def create_blueprint() -> Blueprint:
 
     @bp.route("/login", methods=["GET", "POST"])
     @public
-    @limiter.limit(
-        lambda: settings.login_limit_per_ip,
-        methods=["POST"],
-        key_func=get_remote_address,
-        on_breach=audit_throttled,
-    )
-    @limiter.limit(
-        lambda: settings.login_limit_per_account,
-        methods=["POST"],
-        key_func=account_key,
-        deduct_when=lambda response: response.status_code == 401,
-        on_breach=audit_throttled,
-    )
+    @login_limits(limiter, settings, typed_login=lambda: peek("login"))
     def login() -> Any:
         nxt = safe_next(request.values.get("next") if not request.is_json else None)
         if request.method == "GET":
