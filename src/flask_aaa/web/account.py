@@ -243,6 +243,8 @@ def create_blueprint() -> Blueprint:
             )
         except InvalidInput as exc:
             db.rollback()
+            if wants_json():
+                raise  # the JSON error answer, with the fields
             return token_page(errors=exc.errors)
         db.commit()
         return token_page(minted=minted)

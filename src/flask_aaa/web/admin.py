@@ -236,6 +236,8 @@ def create_blueprint() -> Blueprint:
             )
         except InvalidInput as exc:
             db.rollback()
+            if wants_json():
+                raise  # the JSON error answer, with the fields
             return _user_page(find_user_or_404(user_id), errors=exc.errors)
         db.commit()
         return _user_page(user, minted=minted)

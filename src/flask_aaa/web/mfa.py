@@ -306,6 +306,10 @@ def create_blueprint() -> Blueprint:
     def _status_page(
         user: User, *, errors: dict[str, str] | None = None, form: str = "", status: int = 200
     ) -> Any:
+        if user.mfa_enabled_at is None:
+            # A form of the "2FA is on" page posted while it is off: nothing to show there.
+            message = " ".join((errors or {}).values()) or "Two-factor authentication is off."
+            return error_response(status if status >= 400 else 409, "mfa_not_enabled", message)
         remaining = mfa.remaining_recovery_codes(db_session(), user)
         if wants_json():
             return jsonify(
