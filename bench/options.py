@@ -20,6 +20,7 @@ CASE_MODULES = {
     "requests": "1. Protected GET (session and bearer token)",
     "writes": "2. Audited write",
     "permissions": "3. Warm permission check",
+    "audit": "4. The audit engine at 1,000,000 events",
     "login": "5. Login",
 }
 
@@ -102,7 +103,7 @@ class Options:
         if self.tiny:
             return min(3, case.rounds or 3)
         wanted = case.rounds or 15
-        return max(5, wanted // 2) if self.short else wanted
+        return max(min(5, wanted), wanted // 2) if self.short else wanted
 
     def pick(self, full: T, short: T, tiny: T) -> T:
         return tiny if self.tiny else short if self.short else full

@@ -54,6 +54,8 @@ class Case:
     notes: list[str] = dataclasses.field(default_factory=list)
     #: Rounds to run when the run does not say (noisy or very fast cases need more).
     rounds: int | None = None
+    #: False when the contenders do different work (no "ours is faster by" column).
+    versus: bool = True
     close: Callable[[], None] | None = None
 
 
@@ -142,17 +144,30 @@ def table(result: CaseResult) -> list[str]:
         lines = ["| contender | peak memory (median) | vs ours |", "|---|---:|---:|"]
         for c in case.contenders:
             vs = format_ratio(result.ratio(c.name, case.ours))
-            lines.append(f"| {c.name} | {result.median(c.name):.0f} MiB | {vs} |")
+            lines.append(f"| {c.name} | {format_mib(result.median(c.name))} | {vs} |")
         return lines
-    head = "| contender | median | rate | x floor | ours is faster by |"
-    lines = [head, "|---|---:|---:|---:|---:|"]
+    head = "| contender | median | rate |"
+    rule = "|---|---:|---:|"
+    if case.floor:
+        head, rule = head + " x floor |", rule + "---:|"
+    if case.versus:
+        head, rule = head + " ours is faster by |", rule + "---:|"
+    lines = [head, rule]
     for c in case.contenders:
         med = result.median(c.name)
-        floor = format_ratio(result.ratio(c.name, case.floor)) if case.floor else ""
-        faster = "" if c.name == case.ours else format_ratio(result.ratio(c.name, case.ours))
         name = f"**{c.name}**" if c.name == case.ours else c.name
-        lines.append(f"| {name} | {format_time(med)} | {format_rate(med)} | {floor} | {faster} |")
+        cells = [name, format_time(med), format_rate(med)]
+        if case.floor:
+            cells.append(format_ratio(result.ratio(c.name, case.floor)))
+        if case.versus:
+            ours = c.name == case.ours
+            cells.append("" if ours else format_ratio(result.ratio(c.name, case.ours)))
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def format_mib(value: float) -> str:
+    return f"{value:.2f} MiB" if value < 10 else f"{value:.0f} MiB"
 
 
 def report(result: CaseResult) -> list[str]:

@@ -62,3 +62,91 @@ def test_runner_interleaves_and_takes_median_ratios() -> None:
     assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
     assert result.ratio("b", "a") == 2.0
     assert runner.faster_by("a", "b", 2, "x").measure(result) == ("2x", True)
+
+
+def test_audit_trail_is_reused_and_cut_back(tmp_path: Path) -> None:
+    """Case 4 builds its trail once: a second run reuses it, without what the first run
+    appended, and the trail it builds is one the library verifies."""
+    from bench import trail
+    from bench.cases.audit import check_appended
+    from sqlalchemy import delete
+    from sqlalchemy.orm import Session
+
+    from flask_aaa.db import writing
+    from flask_aaa.models import AuditEvent
+    from flask_aaa.services import audit
+
+    def append(db_trail: trail.Trail) -> None:
+        with writing(), Session(db_trail.engine) as db:
+            for number in range(3):
+                trail.record(db, number)
+            db.commit()
+
+    url = trail.sqlite_url(tmp_path, 300)
+    first = trail.prepare("SQLite", url, 300)
+    try:
+        assert first.origin.startswith("built")
+        append(first)
+        check_appended(first.engine, 300, 3)
+    finally:
+        first.close()
+    again = trail.prepare("SQLite", url, 300)
+    try:
+        assert again.origin.startswith("reused")
+        assert again.head()[0] == again.count() == 300
+        with Session(again.engine) as db:
+            report = audit.verify_chain(db)
+        assert report.ok
+        assert report.checked == 300
+        append(again)
+        with writing(), Session(again.engine) as db:
+            db.execute(delete(AuditEvent).where(AuditEvent.seq == 302))
+            db.commit()
+        with pytest.raises(AssertionError, match="numbered"):
+            check_appended(again.engine, 300, 3)
+    finally:
+        again.close()
+    rebuilt = trail.prepare("SQLite", url, 300)  # a trail with a gap is not reused
+    try:
+        assert rebuilt.origin.startswith("built")
+    finally:
+        rebuilt.close()
+
+
+def test_results_keep_the_sections_not_run() -> None:
+    from bench.__main__ import merge
+
+    previous = "\n".join(
+        [
+            "# Benchmark results",
+            "",
+            "Measured 2026-01-01 00:00 UTC with `python3 run.py bench`.",
+            "",
+            f"## {CASE_MODULES['writes']}",
+            "",
+            "old figures",
+            "",
+            f"## {CASE_MODULES['login']}",
+            "",
+            "login figures",
+            "",
+            "## Written by hand",
+            "",
+            "a note",
+        ]
+    )
+    audit_title = CASE_MODULES["audit"]
+    merged = merge(
+        previous, ["# Benchmark results", ""], {audit_title: [f"## {audit_title}", "", "new"]}
+    )
+    lines = merged.splitlines()
+    headings = [line for line in lines if line.startswith("## ")]
+    assert headings == [
+        f"## {CASE_MODULES['writes']}",
+        f"## {audit_title}",
+        f"## {CASE_MODULES['login']}",
+        "## Written by hand",
+    ]
+    # The kept case sections say which run they come from; the hand-written one is as it was.
+    assert lines.count("Measured 2026-01-01 00:00 UTC with `python3 run.py bench`.") == 2
+    assert "a note" in lines
