@@ -109,6 +109,10 @@ class AAA:
             storage_options=_storage_options(settings.ratelimit_storage_uri),
             in_memory_fallback_enabled=True,
             headers_enabled=False,  # see web/security.py: only 429s say when to retry
+            # A failed sign-in is counted after the answer (deduct_when), outside the storage
+            # fallback: if Redis fails in that instant the count is logged as lost, not the
+            # answer turned into a 500. Checks still fall back to memory, never to no limit.
+            swallow_errors=True,
             key_prefix="aaa",
             strategy="moving-window",
         )

@@ -105,12 +105,6 @@ def test_V02_redis_cut_leaves_the_trail_intact(redis_cut):
     held(redis_cut, *NO_HALF_WRITES)
 
 
-@pytest.mark.xfail(
-    reason="src (docs/operations.md, problem 4): the deduction of a failed login after the "
-    "answer calls Redis outside Flask-Limiter's fallback; a Redis failure at that moment "
-    "answers 500",
-    strict=False,
-)
 def test_V02_redis_cut_never_answers_5xx(redis_cut):
     assert not redis_cut["server_errors"], redis_cut["_text"]
 

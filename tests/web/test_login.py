@@ -22,7 +22,7 @@ from sqlalchemy import func, select, update
 from flask_aaa.db import writing
 from flask_aaa.models import AuditEvent, LoginSession, User
 from flask_aaa.services.actors import token_digest
-from tests.conftest import PASSWORD, csrf_token, form_token, fresh, login
+from tests.conftest import PASSWORD, csrf_token, form_token, fresh, login, post_json
 
 COOKIE = "aaa_session"
 WRONG = "wrong-" + PASSWORD
@@ -703,3 +703,27 @@ def test_login_page_is_not_cached(client):
     assert response.headers["Cache-Control"] == "no-store"
     # Never leaked to other sites (and, see S08 above, same-site form posts keep a Referer).
     assert response.headers["Referrer-Policy"] in ("same-origin", "no-referrer")
+
+
+def test_V02_storage_failing_while_a_failed_login_is_counted_keeps_the_answer(
+    app, client, make_user, monkeypatch, caplog
+):
+    """The per-account limit counts a failed sign-in after the answer is made (only
+    failures count). If the shared storage fails in that instant, the loss of that one count
+    is logged; the answer stays the 401 it was, never a 500."""
+    make_user("alice")
+    strategy = app.extensions["aaa"].limiter.limiter
+    real_hit = strategy.hit
+    calls = []
+
+    def hit(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:  # the first is the per-IP limit's check, the second the deduction
+            raise ConnectionError("storage unreachable")
+        return real_hit(*args, **kwargs)
+
+    monkeypatch.setattr(strategy, "hit", hit)
+    response = post_json(client, "/auth/login", {"login": "alice", "password": "x" * 20})
+    assert response.status_code == 401
+    assert len(calls) == 2
+    assert "Failed to deduct rate limit" in caplog.text
