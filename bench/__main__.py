@@ -134,9 +134,6 @@ def main(argv: list[str]) -> int:
         "each round) and reports medians; each ratio is the median of the ratios taken within "
         "a round. The floor is the least work that answers the same question.",
         "",
-        "Not measured by this suite yet: case 1 over HTTP (gunicorn, 2 workers, a bounded "
-        "load generator on 127.0.0.1) and case 1 with Redis.",
-        "",
     ]
     environment = [
         *machine(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import os
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +24,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from flask_aaa import Base
 
 PASSWORD = "plum-harbor-violin-42"
-SECRET_KEY = secrets.token_hex(32)
+#: One per run; the HTTP case hands it to its gunicorn workers (they must accept the cookies
+#: and tokens the bench process made).
+SECRET_KEY = os.environ.get("BENCH_SECRET_KEY") or secrets.token_hex(32)
+FS_SALT = os.environ.get("BENCH_FS_SALT") or secrets.token_hex(16)
 
 
 @dataclasses.dataclass
@@ -63,8 +67,10 @@ class BenchNote(Base):
     title: Mapped[str] = mapped_column(String(120))
 
 
-def aaa_app(url: str) -> Built:
-    """Flask-AAA with server-side sessions (and personal access tokens) on ``url``."""
+def aaa_app(url: str, *, serve: bool = False, **config: Any) -> Built:
+    """Flask-AAA with server-side sessions (and personal access tokens) on ``url``;
+    ``config`` adds to (or replaces) the app's settings, e.g. a Redis rate-limit storage.
+    ``serve``: only the app, on a database the bench process has already set up."""
     from flask_sqlalchemy import SQLAlchemy
     from sqlalchemy.orm import Session
 
@@ -81,6 +87,7 @@ def aaa_app(url: str) -> Built:
         AAA_RATELIMIT_STORAGE_URI="memory://",
         AAA_TOKEN_LIMIT_PER_IP="1000000 per minute",
     )
+    app.config.update(config)
     db = SQLAlchemy(model_class=Base)
     AAA(app, db)
 
@@ -114,6 +121,8 @@ def aaa_app(url: str) -> Built:
         db.session.commit()
         return "created", 201
 
+    if serve:
+        return Built(app, app.test_client())
     system = Actor.system("bench")
     st = app.extensions["aaa"]
     with app.app_context():
@@ -247,7 +256,7 @@ class _Models:
     AuditLog: Any
 
 
-def tutorial_app(url: str) -> Built:
+def tutorial_app(url: str, *, serve: bool = False) -> Built:
     """The tutorial pattern: Flask-Login with a signed cookie session, the user loaded from
     the database on each request, the permission found through ``user.roles`` and
     ``role.permissions``, the note committed, then an ``AuditLog`` row committed on its own."""
@@ -302,6 +311,8 @@ def tutorial_app(url: str) -> Built:
         audit("notes.created")
         return "created", 201
 
+    if serve:
+        return Built(app, app.test_client())
     with app.app_context():
         db.create_all()
         perms = [m.Permission(name="notes:read"), m.Permission(name="notes:write")]
@@ -349,7 +360,7 @@ def bare_app() -> Built:
 # -- Flask-Security-Too --
 
 
-def fs_app(url: str) -> Built:
+def fs_app(url: str, *, serve: bool = False) -> Built:
     """Flask-Security-Too (its fsqla_v3 models): a session login and its auth token, with
     ``@permissions_required``; CSRF for JSON requests off, as its docs show for APIs."""
     from flask_security import (
@@ -366,7 +377,7 @@ def fs_app(url: str) -> Built:
     app = Flask("bench_fs")
     app.config.update(
         SECRET_KEY=SECRET_KEY,
-        SECURITY_PASSWORD_SALT=secrets.token_hex(16),
+        SECURITY_PASSWORD_SALT=FS_SALT,
         SQLALCHEMY_DATABASE_URI=url,
         SECURITY_TOKEN_AUTHENTICATION_HEADER="Authentication-Token",
         WTF_CSRF_ENABLED=False,
@@ -387,6 +398,8 @@ def fs_app(url: str) -> Built:
     def api_protected() -> Any:
         return jsonify(ok=True)
 
+    if serve:
+        return Built(app, app.test_client())
     with app.app_context():
         fs.db.create_all()
         role = datastore.create_role(name="writer", permissions=["notes:read", "notes:write"])
@@ -406,3 +419,18 @@ def fs_app(url: str) -> Built:
             fs.db.engine.dispose()
 
     return Built(app, client, token_headers={"Authentication-Token": token}, close=close)
+
+
+#: The builders by name, for the HTTP case's workers (``bench.serve``).
+BUILDERS: dict[str, Callable[..., Built]] = {
+    "bare": lambda url, **config: bare_app(),
+    "tutorial": tutorial_app,
+    "fs": fs_app,
+    "aaa": aaa_app,
+}
+
+
+def cookie_header(client: FlaskClient) -> str:
+    """The ``Cookie`` header the signed-in test client would send (for another client)."""
+    jar = client._cookies  # Werkzeug keeps no public list of its cookies
+    return "; ".join(f"{cookie.key}={cookie.value}" for cookie in jar.values())

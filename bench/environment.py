@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import venv
 from pathlib import Path
@@ -29,9 +30,24 @@ PEERS = (
 )
 
 
+def ensure_wrk() -> None:
+    """wrk drives the HTTP case; on Debian as root it is installed here, else that case
+    says it was skipped and why."""
+    if shutil.which("wrk") or not shutil.which("apt-get") or os.geteuid() != 0:
+        return
+    print("Installing wrk (Debian package) for the HTTP case ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "wrk"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
+    if subprocess.run(install, check=False, **quiet).returncode != 0:  # type: ignore[call-overload]
+        subprocess.run(["apt-get", "update", "-q"], check=False, **quiet)  # type: ignore[call-overload]
+        subprocess.run(install, check=False, **quiet)  # type: ignore[call-overload]
+
+
 def ensure() -> Path:
     """Create ``bench/.venv`` (first run, or when pyproject.toml or the peers changed) and
     return its Python."""
+    ensure_wrk()
     wanted = hashlib.sha256(
         (ROOT / "pyproject.toml").read_bytes() + " ".join(PEERS).encode()
     ).hexdigest()

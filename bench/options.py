@@ -18,6 +18,7 @@ T = TypeVar("T")
 #: Case modules in the order of issue 8, with their section titles.
 CASE_MODULES = {
     "requests": "1. Protected GET (session and bearer token)",
+    "http": "1b. Protected GET over HTTP (gunicorn and wrk)",
     "writes": "2. Audited write",
     "permissions": "3. Warm permission check",
     "audit": "4. The audit engine at 1,000,000 events",

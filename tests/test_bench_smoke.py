@@ -32,6 +32,9 @@ def options(tmp_path: Path) -> Options:
 @pytest.mark.parametrize("name", list(CASE_MODULES))
 def test_case_runs(name: str, options: Options) -> None:
     module = importlib.import_module(f"bench.cases.{name}")
+    reason = getattr(module, "missing", lambda: None)()
+    if reason:
+        pytest.skip(reason)
     cases = module.build(options)
     for case in cases:
         try:

@@ -11,6 +11,8 @@ bearer token.
 - Flask-AAA: server-side sessions (the session row and the authz version read in one query,
   the grants from the per-process cache) and ``@permissions_required``; a personal access
   token for the bearer case. Redis is not configured here (rate limits in memory).
+
+Each table has every contender's tables on the database it names (the floor needs none).
 """
 
 from __future__ import annotations
@@ -36,6 +38,15 @@ def getter(built: Built, path: str, headers: dict[str, str] | None = None) -> An
     return repeated(get)
 
 
+def closer(*built: Built | None) -> Any:
+    def close() -> None:
+        for one in built:
+            if one is not None:
+                one.close()
+
+    return close
+
+
 def throughput_at_least(ours: str, other: str, factor: float, text: str) -> Target:
     """``ours`` serves at least ``factor`` times ``other``'s requests per second."""
 
@@ -48,14 +59,14 @@ def throughput_at_least(ours: str, other: str, factor: float, text: str) -> Targ
 
 def build(options: Any) -> list[Case]:
     fs_missing = available("flask_security")
-    sqlite = options.databases()[0][1]
     floor = bare_app()
-    tutorial = tutorial_app(sqlite())
-    fs = None if fs_missing else fs_app(sqlite())
     cases = []
     for db_name, fresh in options.databases():
+        url = fresh()
         ours_name = f"Flask-AAA, server-side sessions on {db_name}"
-        ours = aaa_app(fresh())
+        ours = aaa_app(url)
+        tutorial = tutorial_app(url)
+        fs = None if fs_missing else fs_app(url)
         contenders = [
             Contender(FLOOR, getter(floor, "/protected")),
             Contender(FLASK_LOGIN, getter(tutorial, "/protected")),
@@ -70,7 +81,7 @@ def build(options: Any) -> list[Case]:
         notes = [
             "The HTTP targets of issue 8 (gunicorn, 2 workers) are stated for a server; "
             "in-process figures leave the server out, so the ratios to the floor are harsher.",
-            "Flask-Login and Flask-Security-Too run on SQLite in both tables.",
+            f"Flask-Login and Flask-Security-Too have their tables on {db_name} too.",
         ]
         if fs_missing:
             notes.append(f"Flask-Security-Too skipped ({fs_missing}).")
@@ -104,7 +115,7 @@ def build(options: Any) -> list[Case]:
                 ours=token_name,
                 floor=FLOOR,
                 targets=token_targets,
-                close=ours.close,
+                close=closer(ours, tutorial, fs),
             )
         )
     return cases

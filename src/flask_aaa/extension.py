@@ -116,6 +116,7 @@ class AAA:
             key_prefix="aaa",
             strategy="moving-window",
         )
+        _check_global_limits_only_when_set(app, limiter)
         app.extensions["aaa"] = AAAState(
             settings=settings,
             db=self.db,
@@ -251,6 +252,34 @@ def _storage_options(uri: str) -> dict[str, str | int]:
     if uri.startswith(("redis://", "rediss://", "redis+")):
         return {"socket_connect_timeout": 1, "socket_timeout": 1}
     return {}
+
+
+def _check_global_limits_only_when_set(app: Flask, limiter: Limiter) -> None:
+    """Let Flask-Limiter's per-request hook run only when an app-wide limit exists.
+
+    The hook exists for default, application, blueprint and meta limits; Flask-AAA's own
+    limits sit on their views and are checked by their decorators, hook or not. With none of
+    the app-wide kinds set, the hook resolves to no limit, yet costs about a tenth of a
+    protected request (bench case 1), so it is skipped then. The test is made on every
+    request (limits an app adds later count) and, should Flask-Limiter keep them under other
+    names, errs on the side of checking.
+    """
+    manager = limiter.limit_manager
+
+    def check_request_limit() -> None:
+        if (
+            getattr(manager, "_default_limits", True)
+            or getattr(manager, "_application_limits", True)
+            or getattr(manager, "_blueprint_limits", True)
+            or getattr(limiter, "_meta_limits", True)
+        ):
+            limiter._check_request_limit()
+
+    hooks = app.before_request_funcs.get(None, [])
+    for index, hook in enumerate(hooks):
+        if hook == limiter._check_request_limit:
+            hooks[index] = check_request_limit
+            return
 
 
 def _login_manager(app: Flask) -> LoginManager:
