@@ -286,6 +286,9 @@ def _login_manager(app: Flask) -> LoginManager:
     manager = LoginManager()
     manager.init_app(app)
     manager.session_protection = None  # the server-side session record is the protection
+    # Without session protection Flask-Login still hashes the client's address and agent on
+    # every request (and stores it at sign-in); nothing reads it, so it is not computed.
+    manager._session_identifier_generator = str
     manager.anonymous_user = AnonymousUser
 
     @manager.user_loader  # type: ignore[untyped-decorator]

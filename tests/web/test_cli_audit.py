@@ -46,6 +46,24 @@ def test_verify_reports_signatures_and_checkpoints(cli, aaa):
     assert "1 signed checkpoints matched, head signature valid" in result.output
 
 
+def test_L05_verify_in_several_processes_gives_the_same_answers(cli, aaa, app, monkeypatch):
+    monkeypatch.setattr(audit, "PARALLEL_MIN_EVENTS", 1)
+    for n in range(6):
+        aaa("create-role", f"r{n}")
+    one, split = cli("verify"), cli("verify", "--jobs", "3")
+    assert split.exit_code == one.exit_code == 0, split.output
+    assert split.output == one.output
+    with app.app_context():
+        engine = app.extensions["aaa"].db.engine
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE aaa_audit_events SET actor_name = 'x' WHERE seq = 4"))
+    one, split = cli("verify"), cli("verify", "--jobs", "3")
+    assert split.exit_code == one.exit_code == 1
+    assert split.output == one.output
+    assert "BROKEN at seq 4" in split.output
+    assert cli("verify", "--jobs", "0").exit_code == 2
+
+
 def test_checkpoint_prints_the_signed_line_for_safekeeping(cli, aaa, db):
     aaa("create-role", "r")
     result = cli("checkpoint")

@@ -21,14 +21,16 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, cast
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import IO, Any, cast
 
 from sqlalchemy import (
     ColumnElement,
     CursorResult,
-    DateTime,
     Select,
+    String,
     Table,
     UnaryExpression,
     and_,
@@ -40,7 +42,7 @@ from sqlalchemy import (
     select,
     type_coerce,
 )
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
@@ -227,7 +229,35 @@ def event_hash(fields: Mapping[str, Any]) -> str:
 
 def _hash_values(values: list[Any]) -> str:
     """:func:`event_hash` of the hashed fields given in their order, ``ts`` as text."""
-    return hashlib.sha256(_CANONICAL.encode(values).encode("utf-8")).hexdigest()
+    return hashlib.sha256(_encode_canonical(values).encode("utf-8")).hexdigest()
+
+
+def _canonical_encoder() -> Callable[[list[Any]], str]:
+    """:data:`_CANONICAL`'s ``encode`` for a list, without building an encoder per call.
+
+    ``JSONEncoder.encode`` makes a new C encoder for every call, a third of the cost of
+    hashing an event (verify runs it once per event). The C encoder is built once here with
+    the same settings, and used only if it encodes a sample exactly as ``_CANONICAL`` does:
+    the hashes of existing chains depend on that text."""
+    from json import encoder
+
+    make = getattr(encoder, "c_make_encoder", None)
+    strings = getattr(encoder, "c_encode_basestring", None)
+    if make is None or strings is None:
+        return _CANONICAL.encode
+    try:
+        fast = make(None, str, strings, None, ":", ",", False, False, True)
+    except TypeError:  # another Python's private signature
+        return _CANONICAL.encode
+
+    def encode(values: list[Any]) -> str:
+        return "".join(fast(values, 0))
+
+    sample: list[Any] = [1, 'é \u2028 " \\ \n \x00 \ud800 /', None, -7, "{}", "", 2**70]
+    return encode if encode(sample) == _CANONICAL.encode(sample) else _CANONICAL.encode
+
+
+_encode_canonical = _canonical_encoder()
 
 
 def _fields(event_: AuditEvent) -> dict[str, Any]:
@@ -251,6 +281,17 @@ def _fields(event_: AuditEvent) -> dict[str, Any]:
     }
 
 
+def _stored_ts_text(value: str | dt.datetime) -> str:
+    """The canonical text of ``ts`` as read from the database: SQLite hands back its stored
+    text (``YYYY-MM-DD HH:MM:SS.ffffff``, rewritten without parsing), PostgreSQL a naive
+    datetime. Any other text that is a timestamp is parsed, as the column type would."""
+    if isinstance(value, str):
+        if len(value) == 26 and value[10] == " ":
+            return f"{value[:10]}T{value[11:]}"
+        value = dt.datetime.fromisoformat(value)
+    return value.isoformat(timespec="microseconds")
+
+
 def _ts_text(ts: dt.datetime) -> str:
     # Microseconds are kept by both databases; the canonical form is naive UTC ISO 8601.
     return ts.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
@@ -259,12 +300,15 @@ def _ts_text(ts: dt.datetime) -> str:
 _EVENTS = cast(Table, AuditEvent.__table__)
 _CHECKPOINTS = cast(Table, AuditCheckpoint.__table__)
 #: The columns read to check or export events, in :data:`EXPORT_COLUMNS` order, read as
-#: Core rows. ``ts`` is read as stored (naive UTC): its ISO text is the canonical form
-#: directly, without the round trip through an aware datetime.
+#: Core rows on the session's connection (through ``Session.execute`` the same rows cost
+#: twice as much). ``ts`` is read as the driver gives it, with no type conversion: see
+#: :func:`_stored_ts_text`.
 _STORED_COLUMNS = [
-    type_coerce(_EVENTS.c.ts, DateTime()).label("ts") if name == "ts" else _EVENTS.c[name]
+    type_coerce(_EVENTS.c.ts, String()).label("ts") if name == "ts" else _EVENTS.c[name]
     for name in EXPORT_COLUMNS
 ]
+if EXPORT_COLUMNS[:2] != ("seq", "ts") or EXPORT_COLUMNS[-2:] != ("prev_hash", "hash"):
+    raise RuntimeError("_Walk._steps reads seq, ts first and prev_hash, hash last")
 _TS = EXPORT_COLUMNS.index("ts")
 _SEQ = EXPORT_COLUMNS.index("seq")
 _PREV = EXPORT_COLUMNS.index("prev_hash")
@@ -273,7 +317,7 @@ _HASH = EXPORT_COLUMNS.index("hash")
 # connection: through the ORM, the head UPDATE alone went through its bulk-update
 # bookkeeping (matching the identity map) and cost more than the rest of the seal (bench
 # case 2). No ORM object of the head is ever loaded, so there is nothing to keep in step.
-_HEAD = AuditHead.__table__
+_HEAD = cast(Table, AuditHead.__table__)
 _LOCK_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
 _READ_HEAD = select(_HEAD.c.seq, _HEAD.c.hash, _HEAD.c.mac, _HEAD.c.key_id).where(_HEAD.c.id == 1)
 _SET_HEAD = (
@@ -457,12 +501,19 @@ class _Broken(Exception):
         self.seq, self.problem = seq, problem
 
 
+#: Below this many events per process, :func:`verify_chain` does not split the walk (starting
+#: a process costs about as much as checking this many events).
+PARALLEL_MIN_EVENTS = 100_000
+
+
 def verify_chain(
     db: Session,
     *,
     batch: int = 5_000,
     resume: bool = False,
     external: Sequence[Checkpoint] = (),
+    jobs: int = 1,
+    min_events_per_job: int | None = None,
 ) -> VerifyReport:
     """Recompute every event's hash in ``seq`` order and check the links between them, the
     signed checkpoints and the signed head record.
@@ -476,7 +527,13 @@ def verify_chain(
     the beginning (what a full run checked before it is taken as good). ``external``:
     checkpoints kept outside the database, such as the lines mirrored to the log; they are
     checked like the stored ones, which is what catches a tail cut off together with its
-    checkpoints and the head set back to an old signed state."""
+    checkpoints and the head set back to an old signed state.
+
+    ``jobs``: split the walk over up to this many processes, each checking a range of
+    events on a connection of its own (the database must be one other processes can open:
+    not an in-memory SQLite). The ranges are stitched by their boundary hashes. Only a
+    trail found intact is taken from them: at any finding, the walk is done again in one
+    process, so that the report is exactly the one-process report."""
     signer = signing.for_session(db)
     stored = [
         Checkpoint(row.seq, row.hash, row.kind, row.key_id, row.mac)
@@ -487,7 +544,11 @@ def verify_chain(
         marks = state.check_signatures([*stored, *external])
         first_seq, prev, lower = _starting_point(db, marks, resume)
         state.first_seq, state.expected, state.prev = first_seq, first_seq, prev
-        state.walk(db, batch, lower, marks)
+        least = PARALLEL_MIN_EVENTS if min_events_per_job is None else min_events_per_job
+        if jobs > 1 and not _walk_in_parallel(db, state, batch, lower, marks, jobs, least):
+            state = _Walk(signer)
+            state.first_seq, state.expected, state.prev = first_seq, first_seq, prev
+        state.walk(db, batch, lower if state.expected == first_seq else state.expected, marks)
         state.check_tail(db, marks)
     except _Broken as broken:
         return state.report(broken.seq, broken.problem)
@@ -534,18 +595,47 @@ class _Walk:
         return marks
 
     def walk(
-        self, db: Session, batch: int, lower: int | None, marks: dict[int, list[Checkpoint]]
+        self,
+        db: Session,
+        batch: int,
+        lower: int | None,
+        marks: dict[int, list[Checkpoint]],
+        upper: int | None = None,
     ) -> None:
-        while True:
-            stmt = select(*_STORED_COLUMNS).order_by(_EVENTS.c.seq).limit(batch)
-            if lower is not None:
-                stmt = stmt.where(_EVENTS.c.seq >= lower)
-            rows = db.execute(stmt).all()
+        stmt = select(*_STORED_COLUMNS).order_by(_EVENTS.c.seq).limit(batch)
+        if upper is not None:
+            stmt = stmt.where(_EVENTS.c.seq <= upper)
+        if lower is None:
+            rows = _driver_rows(db, stmt)
+            self._steps(rows, marks)
             if not rows:
                 return
-            for row in rows:
-                self._step(row, marks.get(row[_SEQ]) if marks else None)
             lower = self.expected
+        following = stmt.where(_EVENTS.c.seq >= bindparam("lower"))
+        while rows := _driver_rows(db, following, lower=lower):
+            self._steps(rows, marks)
+            lower = self.expected
+
+    def _steps(self, rows: Sequence[Any], marks: dict[int, list[Checkpoint]]) -> None:
+        """:meth:`_step` for each row, with the common case (the next event, linked, its hash
+        right, no checkpoint on it) done inline: verify runs this once per event. Any other
+        row goes through :meth:`_step`, which names what is wrong."""
+        sha256, encode, ts_text = hashlib.sha256, _encode_canonical, _stored_ts_text
+        expected, prev, checked = self.expected, self.prev, self.checked
+        try:
+            for row in rows:
+                values = list(row)
+                stored = values.pop()  # the hash, the last column
+                if values[0] == expected and values[-1] == prev and values[0] not in marks:
+                    values[1] = ts_text(values[1])
+                    if sha256(encode(values).encode("utf-8")).hexdigest() == stored:
+                        prev, expected, checked = stored, expected + 1, checked + 1
+                        continue
+                self.expected, self.prev, self.checked = expected, prev, checked
+                self._step(row, marks.get(row[_SEQ]) if marks else None)
+                expected, prev, checked = self.expected, self.prev, self.checked
+        finally:
+            self.expected, self.prev, self.checked = expected, prev, checked
 
     def _step(self, row: Any, marks: list[Checkpoint] | None) -> None:
         seq = row[_SEQ]
@@ -556,7 +646,7 @@ class _Walk:
         if row[_PREV] != self.prev:
             raise _Broken(seq, "link to the previous event is broken")
         values = list(row[:_HASH])
-        values[_TS] = values[_TS].isoformat(timespec="microseconds")
+        values[_TS] = _stored_ts_text(values[_TS])
         stored = row[_HASH]
         if _hash_values(values) != stored:
             raise _Broken(seq, "event content does not match its hash")
@@ -607,6 +697,132 @@ class _Walk:
                 last_seq + 1,
                 "the head record's signature is invalid: events after it may have been cut off",
             )
+
+
+def _driver_rows(db: Session, stmt: Select[Any], **params: Any) -> list[Any]:
+    """All rows of ``stmt`` as the database driver gives them, on the session's connection.
+
+    The verifier reads every event once; SQLAlchemy's result rows cost as much again as the
+    driver's tuples (bench case 4), and the walk needs nothing of theirs. Driver errors are
+    raised as SQLAlchemy's, as from any other query."""
+    connection = db.connection()
+    compiled = stmt.compile(dialect=connection.dialect)
+    values = compiled.construct_params(params)
+    args: Any = [values[k] for k in compiled.positiontup] if compiled.positiontup else values
+    dbapi = connection.dialect.loaded_dbapi
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(str(compiled), args)
+        return list(cursor.fetchall())
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(str(compiled), args, exc, dbapi.Error) from exc
+    finally:
+        cursor.close()
+
+
+def _walk_in_parallel(
+    db: Session,
+    state: _Walk,
+    batch: int,
+    lower: int | None,
+    marks: dict[int, list[Checkpoint]],
+    jobs: int,
+    min_events_per_job: int,
+) -> bool:
+    """Walk the events up to the current last one in ``jobs`` processes; on success, move
+    ``state`` past them and return True. False (``state`` untouched) when the trail is too
+    short to gain, the database cannot be opened by another process, or any range found a
+    problem: the caller then walks it in one process, for the exact report."""
+    url = db.connection().engine.url
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        return False
+    last = db.connection().scalar(select(func.max(_EVENTS.c.seq)))
+    if last is None:
+        return False
+    first = state.expected
+    total = last - first + 1
+    jobs = min(jobs, total // max(1, min_events_per_job))
+    if jobs < 2:
+        return False
+    bounds = [first + total * k // jobs for k in range(jobs + 1)]
+    starts = [state.prev]
+    for start in bounds[1:-1]:
+        # Each range starts from the stored hash before it; the range before checks that very
+        # hash as its last event's, which stitches the chain back together.
+        stored = db.connection().scalar(select(_EVENTS.c.hash).where(_EVENTS.c.seq == start - 1))
+        if stored is None:
+            return False
+        starts.append(stored)
+    address = url.render_as_string(hide_password=False)
+    workers = []
+    for k in range(jobs):
+        lo, hi = bounds[k], bounds[k + 1] - 1
+        own = [
+            list(dataclasses.astuple(m)) for seq, ms in marks.items() if lo <= seq <= hi for m in ms
+        ]
+        task = [address, lo, hi, starts[k], lower if k == 0 else lo, own, batch]
+        # A fresh interpreter per range (never a fork of the app, its connections and threads);
+        # the task, database address included, goes through a pipe, not the command line.
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "flask_aaa.services.audit_walk"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        stdin = cast(IO[bytes], worker.stdin)  # PIPE: always set
+        stdin.write(json.dumps(task).encode())
+        stdin.close()
+        workers.append(worker)
+    results: list[Any] = []
+    for worker in workers:
+        stdout = cast(IO[bytes], worker.stdout)
+        output = stdout.read()
+        stdout.close()
+        try:
+            results.append(json.loads(output) if worker.wait() == 0 else None)
+        except ValueError:
+            results.append(None)
+    if any(result is None for result in results):
+        return False
+    for k, (checked, matched, good_mark, last_hash) in enumerate(results):
+        if k + 1 < jobs and last_hash != starts[k + 1]:
+            return False
+        state.checked += checked
+        state.matched += matched
+        state.good_mark = max(state.good_mark, good_mark)
+        state.prev = last_hash
+    state.expected = bounds[-1]
+    return True
+
+
+def walk_range(task: list[Any]) -> list[Any] | None:
+    """One range of a parallel :func:`verify_chain`, in a process of its own (see
+    :mod:`flask_aaa.services.audit_walk`): [checked, checkpoints matched, last good
+    checkpoint, last hash], or None at any finding."""
+    from sqlalchemy import create_engine
+
+    from ..db import configure_engine
+
+    address, lo, hi, prev, lower, own, batch = task
+    marks: dict[int, list[Checkpoint]] = {}
+    for values in own:
+        mark = Checkpoint(*values)
+        marks.setdefault(mark.seq, []).append(mark)
+    engine = create_engine(address)
+    configure_engine(engine)
+    try:
+        with Session(engine) as db:
+            state = _Walk(None)
+            state.first_seq, state.expected, state.prev = lo, lo, prev
+            try:
+                state.walk(db, batch, lower, marks, upper=hi)
+            except _Broken:
+                return None
+            if state.expected != hi + 1:
+                return None  # the range ends early: events are missing
+            return [state.checked, state.matched, state.good_mark, state.prev]
+    finally:
+        engine.dispose()
 
 
 def _starting_point(
@@ -930,12 +1146,12 @@ def _export_rows(db: Session, flt: AuditFilter, batch: int) -> Iterator[dict[str
         stmt = flt.apply(select(*_STORED_COLUMNS))
         if after is not None:
             stmt = stmt.where(_EVENTS.c.seq > after)
-        rows = db.execute(stmt.order_by(_EVENTS.c.seq).limit(batch)).all()
+        rows = db.connection().execute(stmt.order_by(_EVENTS.c.seq).limit(batch)).all()
         if not rows:
             return
         for row in rows:
             data = dict(zip(EXPORT_COLUMNS, row, strict=True))
-            data["ts"] = row[_TS].isoformat(timespec="microseconds") + "Z"
+            data["ts"] = _stored_ts_text(row[_TS]) + "Z"
             yield data
         after = rows[-1][_SEQ]
 

@@ -10,12 +10,13 @@ is ignored (the request is anonymous).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import cast
 
 from flask import current_app, g, request
-from limits import parse
+from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
@@ -97,10 +98,16 @@ def authenticate_request() -> None:
     tokens.touch(db, found.token, settings=settings, facts=request_facts())
 
 
+@functools.lru_cache(maxsize=16)
+def _parsed(limit: str) -> RateLimitItem:
+    """The setting's limit, parsed once per value (not on every bearer request)."""
+    return parse(limit)
+
+
 def _count_attempt() -> None:
     """Bearer requests per client IP (bad tokens included): a brute force meets a 429."""
     strategy = state().limiter.limiter
-    item = parse(state().settings.token_limit_per_ip)
+    item = _parsed(state().settings.token_limit_per_ip)
     client = request.remote_addr or "unknown"
     try:
         allowed = strategy.hit(item, "aaa-bearer", client)
