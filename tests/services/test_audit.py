@@ -707,6 +707,28 @@ def test_export_jsonl_is_valid_json_lines_oldest_first(session):
     assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(records))
 
 
+@pytest.mark.parametrize(
+    "stored",
+    ['{"i":\n1}', "{}\r\n", "not json", '{"i":1} {"j":2}', " {}", '{"i":1},"seq":0'],
+)
+def test_L05_tampered_details_cannot_break_or_add_to_an_exported_line(session, engine, stored):
+    """Stored details are spliced into the line as they are only when they are exactly one
+    JSON value on one line; anything else (a row edited in the database) is exported as a
+    string, so every event is still one line and its other fields cannot be overwritten."""
+    seed(session, 3)
+    session.rollback()
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE aaa_audit_events SET details = :d WHERE seq = 2"), {"d": stored}
+        )
+    lines = list(audit.export_jsonl(session, audit.AuditFilter()))
+    assert len(lines) == 3
+    assert all(line.count("\n") == 1 for line in lines)
+    second = json.loads(lines[1])
+    assert second["details"] == stored
+    assert second["seq"] == 2
+
+
 def test_export_jsonl_applies_the_filter(session):
     seed(session, 12)
     session.rollback()

@@ -17,8 +17,8 @@ import csv
 import dataclasses
 import datetime as dt
 import hashlib
-import io
 import json
+import json.scanner
 import logging
 import re
 import subprocess
@@ -232,32 +232,46 @@ def _hash_values(values: list[Any]) -> str:
     return hashlib.sha256(_encode_canonical(values).encode("utf-8")).hexdigest()
 
 
-def _canonical_encoder() -> Callable[[list[Any]], str]:
-    """:data:`_CANONICAL`'s ``encode`` for a list, without building an encoder per call.
+def _fast_encoder(reference: json.JSONEncoder) -> Callable[[Any], str]:
+    """``reference.encode`` without building an encoder per call.
 
     ``JSONEncoder.encode`` makes a new C encoder for every call, a third of the cost of
-    hashing an event (verify runs it once per event). The C encoder is built once here with
-    the same settings, and used only if it encodes a sample exactly as ``_CANONICAL`` does:
-    the hashes of existing chains depend on that text."""
+    hashing an event (verify runs it once per event, export once per line). The C encoder
+    is built once here with the reference's settings, and used only if it encodes samples
+    exactly as the reference does: the hashes of existing chains depend on that text."""
     from json import encoder
 
     make = getattr(encoder, "c_make_encoder", None)
     strings = getattr(encoder, "c_encode_basestring", None)
-    if make is None or strings is None:
-        return _CANONICAL.encode
+    if make is None or strings is None or reference.ensure_ascii or reference.indent:
+        return reference.encode
     try:
-        fast = make(None, str, strings, None, ":", ",", False, False, True)
+        fast = make(
+            None,
+            reference.default,
+            strings,
+            None,
+            reference.key_separator,
+            reference.item_separator,
+            reference.sort_keys,
+            reference.skipkeys,
+            reference.allow_nan,
+        )
     except TypeError:  # another Python's private signature
-        return _CANONICAL.encode
+        return reference.encode
 
-    def encode(values: list[Any]) -> str:
-        return "".join(fast(values, 0))
+    def encode(value: Any) -> str:
+        return "".join(fast(value, 0))
 
-    sample: list[Any] = [1, 'é \u2028 " \\ \n \x00 \ud800 /', None, -7, "{}", "", 2**70]
-    return encode if encode(sample) == _CANONICAL.encode(sample) else _CANONICAL.encode
+    text = 'é \u2028 " \\ \n \x00 \ud800 /'
+    samples: list[Any] = [[1, text, None, -7, "{}", "", 2**70], {"a": text, "b": None, "c": 3}]
+    if all(encode(sample) == reference.encode(sample) for sample in samples):
+        return encode
+    return reference.encode
 
 
-_encode_canonical = _canonical_encoder()
+_encode_canonical = _fast_encoder(_CANONICAL)
+_encode_line = _fast_encoder(_LINE)
 
 
 def _fields(event_: AuditEvent) -> dict[str, Any]:
@@ -1138,58 +1152,80 @@ def daily_counts(
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _export_rows(db: Session, flt: AuditFilter, batch: int) -> Iterator[dict[str, Any]]:
-    """Every matching event, oldest first, as plain data, read in batches by ``seq`` so that
-    memory stays constant however long the trail is."""
+def _export_batches(db: Session, flt: AuditFilter, batch: int) -> Iterator[list[Any]]:
+    """Every matching event, oldest first, as stored (see :data:`_STORED_COLUMNS`), in
+    batches read by ``seq`` so that memory stays constant however long the trail is."""
     after: int | None = None  # no lower bound at first: every row is exported, even forged ones
     while True:
         stmt = flt.apply(select(*_STORED_COLUMNS))
         if after is not None:
             stmt = stmt.where(_EVENTS.c.seq > after)
-        rows = db.connection().execute(stmt.order_by(_EVENTS.c.seq).limit(batch)).all()
+        rows = _driver_rows(db, stmt.order_by(_EVENTS.c.seq).limit(batch))
         if not rows:
             return
-        for row in rows:
-            data = dict(zip(EXPORT_COLUMNS, row, strict=True))
-            data["ts"] = _stored_ts_text(row[_TS]) + "Z"
-            yield data
+        yield rows
         after = rows[-1][_SEQ]
+
+
+_DETAILS = EXPORT_COLUMNS.index("details")
+
+
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+
+
+def _one_json_line(text: str) -> bool:
+    """Whether ``text`` is exactly one JSON value on one line, so that it can be spliced into
+    an exported line as it is. The library stores ``details`` that way; anything else (the
+    row was tampered with) is exported as a JSON string instead."""
+    if "\n" in text or "\r" in text:
+        return False
+    try:
+        end: int = _scan_json(text, 0)[1]
+    except (StopIteration, ValueError):
+        return False
+    return end == len(text)
 
 
 def export_jsonl(db: Session, flt: AuditFilter, *, batch: int = 2_000) -> Iterator[str]:
     """Every matching event, oldest first, one JSON object per line (``details`` decoded)."""
-    for data in _export_rows(db, flt, batch):
-        details = data.pop("details") or "{}"
-        try:
-            json.loads(details)  # stored text is spliced in as is, once known to be JSON
-        except ValueError:
-            details = _LINE.encode(details)  # not JSON (tampered): exported as a string
-        yield f'{_LINE.encode(data)[:-1]},"details":{details}}}\n'
+    encode, splice, ts_text = _encode_line, _one_json_line, _stored_ts_text
+    for rows in _export_batches(db, flt, batch):
+        for row in rows:
+            data = dict(zip(EXPORT_COLUMNS, row, strict=True))
+            data["ts"] = ts_text(row[_TS]) + "Z"
+            details = data.pop("details") or "{}"
+            if not splice(details):
+                details = encode(details)
+            yield f'{encode(data)[:-1]},"details":{details}}}\n'
+
+
+class _LastWrite:
+    """A file for :func:`csv.writer` that keeps the one line each ``writerow`` writes."""
+
+    line = ""
+
+    def write(self, text: str) -> None:
+        self.line = text
 
 
 def export_csv(db: Session, flt: AuditFilter, *, batch: int = 2_000) -> Iterator[str]:
     """Every matching event, oldest first, as CSV: a header line, then one record per event
     (``details`` as its JSON text). Text that a spreadsheet would run as a formula is
     prefixed with ``'``; the guard changes what is shown, so verify from the JSON export."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-
-    def line(values: Sequence[Any]) -> str:
-        buffer.seek(0)
-        buffer.truncate()
-        writer.writerow(values)
-        return buffer.getvalue()
-
-    yield line(EXPORT_COLUMNS)
-    for data in _export_rows(db, flt, batch):
-        yield line([csv_cell(data[name]) for name in EXPORT_COLUMNS])
-
-
-def csv_cell(value: Any) -> Any:
-    """``value`` made safe for a spreadsheet cell (see :data:`_FORMULA_STARTS`)."""
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
-        return "'" + value
-    return value
+    out = _LastWrite()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(EXPORT_COLUMNS)
+    yield out.line
+    ts_text, starts = _stored_ts_text, _FORMULA_STARTS
+    for rows in _export_batches(db, flt, batch):
+        for row in rows:
+            values = list(row)
+            values[_TS] = ts_text(values[_TS]) + "Z"
+            # Formula guard (see _FORMULA_STARTS): inline, as it runs for every cell.
+            writer.writerow(
+                ["'" + v if isinstance(v, str) and v.startswith(starts) else v for v in values]
+            )
+            yield out.line
 
 
 def _refuse_secrets(details: Mapping[str, Any]) -> None:
