@@ -357,6 +357,66 @@ def bare_app() -> Built:
     return Built(app, client)
 
 
+def session_floor_app(url: str, *, serve: bool = False) -> Built:
+    """The least a revocable server-side session can cost: bare Flask whose signed cookie
+    holds a random token, looked up by its SHA-256 with one query per request through
+    Flask-SQLAlchemy's session (a transaction per request, as any app's), the permissions a
+    set in memory. Any library that checks the session in the database on every request
+    pays at least this."""
+    import hashlib
+
+    from flask_sqlalchemy import SQLAlchemy
+    from sqlalchemy import Integer, MetaData, bindparam, select
+
+    metadata = MetaData()
+    table = Table(
+        "bench_floor_sessions",
+        metadata,
+        Column("token_hash", String(64), primary_key=True),
+        Column("user_id", Integer, nullable=False),
+    )
+    lookup = select(table.c.user_id).where(table.c.token_hash == bindparam("token_hash"))
+    held = {1: frozenset({"notes:read", "notes:write"})}
+    app = Flask("bench_session_floor")
+    app.config.update(SECRET_KEY=SECRET_KEY, SQLALCHEMY_DATABASE_URI=url)
+    db: Any = SQLAlchemy()
+    db.init_app(app)
+
+    @app.get("/protected")
+    def protected() -> Any:
+        token = session.get("sid")
+        if not isinstance(token, str):
+            abort(401)
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        user_id = db.session.execute(lookup, {"token_hash": digest}).scalar()
+        if user_id is None:
+            abort(401)
+        if "notes:read" not in held.get(user_id, ()):
+            abort(403)
+        return "ok"
+
+    if serve:
+        return Built(app, app.test_client())
+    token = secrets.token_urlsafe(32)
+    with app.app_context():
+        metadata.create_all(db.engine)
+        with db.engine.begin() as connection:
+            connection.execute(
+                table.insert().values(
+                    token_hash=hashlib.sha256(token.encode()).hexdigest(), user_id=1
+                )
+            )
+    client = app.test_client()
+    with client.session_transaction() as sess:
+        sess["sid"] = token
+
+    def close() -> None:
+        with app.app_context():
+            db.engine.dispose()
+
+    return Built(app, client, close=close)
+
+
 # -- Flask-Security-Too --
 
 
@@ -424,6 +484,7 @@ def fs_app(url: str, *, serve: bool = False) -> Built:
 #: The builders by name, for the HTTP case's workers (``bench.serve``).
 BUILDERS: dict[str, Callable[..., Built]] = {
     "bare": lambda url, **config: bare_app(),
+    "session_floor": session_floor_app,
     "tutorial": tutorial_app,
     "fs": fs_app,
     "aaa": aaa_app,

@@ -16,9 +16,11 @@ append are removed again at the start of the next run.
   tutorial's table with an autoincrement key. After every chained round the trail is
   checked: the count, no gap in the numbers, each new event's hash and link
   (``audit.check_event``) and the head record.
-- Whole-trail passes: ``verify_chain``, ``export_jsonl`` and ``export_csv`` over the whole
-  trail (every line consumed), next to the floor: every event read in batches with no work
-  done on it. Peak memory of the exports: Python's allocations (``tracemalloc``) during an
+- Whole-trail passes: ``verify_chain`` (in one process, and split over two with
+  ``jobs=2``, as ``flask aaa audit verify --jobs 2`` does), ``export_jsonl`` and
+  ``export_csv`` over the whole trail (every line consumed), next to the floor: every event
+  read in batches through the database driver (the reads verify and export make) with no
+  work done on it. Peak memory of the exports: Python's allocations (``tracemalloc``) during an
   export of the first tenth of the trail and of all of it.
 - A filtered page: ``audit.query`` with each filter the console and the API offer, the
   newest page and a deep page (keyset: ``before`` the event 80% of the way down the
@@ -68,6 +70,7 @@ BATCH_N = f"{WRITERS} processes, batch sealing: {BATCH} events per transaction e
 
 READ = "read every event in batches (floor)"
 VERIFY = "verify_chain"
+VERIFY_2 = "verify_chain, 2 processes (--jobs 2)"
 JSONL = "export_jsonl"
 CSV = "export_csv"
 
@@ -263,17 +266,14 @@ def _count(engine: Any) -> int:
 
 
 def _read_all(db: Session, batch: int = 5_000) -> int:
-    """Every event's exported columns, in ``seq`` batches, with nothing done to them."""
-    columns = [getattr(AuditEvent, name) for name in audit.EXPORT_COLUMNS]
+    """Every event's exported columns, in ``seq`` batches, with nothing done to them: the
+    same reads (through the database driver) that verify and export make."""
+    stmt = select(*audit._STORED_COLUMNS).order_by(AuditEvent.seq).limit(batch)
     after, seen = 0, 0
-    while True:
-        rows = db.execute(
-            select(*columns).where(AuditEvent.seq > after).order_by(AuditEvent.seq).limit(batch)
-        ).all()
-        if not rows:
-            return seen
+    while rows := audit._driver_rows(db, stmt.where(AuditEvent.seq > after)):
         seen += len(rows)
-        after = rows[-1].seq
+        after = rows[-1][0]
+    return seen
 
 
 def _export(kind: str, db: Session) -> Iterator[str]:
@@ -303,11 +303,14 @@ def _passes(trail: trails.Trail, *, tiny: bool) -> list[Case]:
 
         return sample
 
-    def verify(db: Session) -> int:
-        report = audit.verify_chain(db)
-        if not report.ok:
-            raise AssertionError(f"the trail does not verify: {report}")
-        return report.checked
+    def verify(jobs: int) -> Callable[[Session], int]:
+        def work(db: Session) -> int:
+            report = audit.verify_chain(db, jobs=jobs, min_events_per_job=1)
+            if not report.ok:
+                raise AssertionError(f"the trail does not verify: {report}")
+            return report.checked
+
+        return work
 
     def export(kind: str) -> Callable[[Session], int]:
         def work(db: Session) -> int:
@@ -338,7 +341,8 @@ def _passes(trail: trails.Trail, *, tiny: bool) -> list[Case]:
         title=f"Whole-trail passes on {trail.database} (per event)",
         contenders=[
             Contender(READ, timed(_read_all)),
-            Contender(VERIFY, timed(verify)),
+            Contender(VERIFY, timed(verify(1))),
+            Contender(VERIFY_2, timed(verify(2))),
             Contender(JSONL, timed(export(JSONL))),
             Contender(CSV, timed(export(CSV))),
         ],
@@ -346,6 +350,12 @@ def _passes(trail: trails.Trail, *, tiny: bool) -> list[Case]:
         floor=READ,
         versus=False,
         rounds=1 if tiny else 3,
+        targets=[
+            _rate_at_least(VERIFY_2, 200_000, "verify at least 200,000 events/s (2 processes)"),
+            _rate_at_least(VERIFY, 200_000, "verify at least 200,000 events/s (1 process)"),
+            _rate_at_least(JSONL, 100_000, "export at least 100,000 events/s (JSON Lines)"),
+            _rate_at_least(CSV, 100_000, "export at least 100,000 events/s (CSV)"),
+        ],
     )
     times.close = lambda: times.notes.append(
         f"Over {events():,} events: the {trail.size:,} built and those the cases above "
@@ -372,6 +382,14 @@ def _passes(trail: trails.Trail, *, tiny: bool) -> list[Case]:
         ],
     )
     return [times, memory]
+
+
+def _rate_at_least(name: str, rate: float, text: str) -> Target:
+    def measure(result: CaseResult) -> tuple[str, bool]:
+        measured = 1 / result.median(name)
+        return f"{measured / 1000:,.0f}k events/s", measured >= rate
+
+    return Target(text, measure)
 
 
 def _constant(whole: str, tenth: str, kind: str) -> Target:

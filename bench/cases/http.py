@@ -3,8 +3,9 @@ apps as in-process) and driven by wrk on 127.0.0.1, with a cookie session and wi
 token. Each sample is one wrk run of a few seconds (2 threads, 4 connections); the time per
 request is the inverse of its throughput, and its median latency (p50) is kept beside it.
 
-- bare Flask (the floor), Flask-Login (the tutorial pattern) and Flask-Security-Too: as in
-  case 1, on the same database as Flask-AAA in each table.
+- bare Flask (the floor), bare Flask + one session query (the floor of server-side
+  sessions), Flask-Login (the tutorial pattern) and Flask-Security-Too: as in case 1, on
+  the same database as Flask-AAA in each table.
 - Flask-AAA: server-side sessions (one query per request) and ``@permissions_required``;
   rate limits in memory, and, where Redis answers, a second server of the same app with its
   rate limits in Redis (the bearer requests pass a per-address limit on every request).
@@ -40,6 +41,7 @@ from ..apps import (
     bare_app,
     cookie_header,
     fs_app,
+    session_floor_app,
     tutorial_app,
 )
 from ..peers import available
@@ -47,6 +49,7 @@ from ..runner import Case, CaseResult, Contender, Target, format_ratio
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOOR = "bare Flask (floor)"
+SESSION_FLOOR = "bare Flask + one session query (server-side floor)"
 FLASK_LOGIN = "Flask-Login (tutorial pattern)"
 FS_TOO = "Flask-Security-Too"
 WRK_THREADS = 2
@@ -268,9 +271,12 @@ def build(options: Any) -> list[Case]:
         redis_server = (
             Server("aaa", url, {"AAA_RATELIMIT_STORAGE_URI": REDIS_URL}) if with_redis else None
         )
+        session_floor_server = Server("session_floor", url)
+        session_floor_cookie = {"Cookie": _seeded(session_floor_app(url))}
         tutorial_server = Server("tutorial", url)
         tutorial_cookie = {"Cookie": _seeded(tutorial_app(url))}
-        servers += [ours_server, tutorial_server] + ([redis_server] if redis_server else [])
+        servers += [ours_server, session_floor_server, tutorial_server]
+        servers += [redis_server] if redis_server else []
         fs_server = fs_token = fs_cookie = None
         if fs_missing is None:
             fs_built = fs_app(url)
@@ -285,6 +291,10 @@ def build(options: Any) -> list[Case]:
         contenders = [
             Contender(FLOOR, floor_load.sample),
             Contender(
+                SESSION_FLOOR,
+                Load(session_floor_server, "/protected", session_floor_cookie, seconds).sample,
+            ),
+            Contender(
                 FLASK_LOGIN, Load(tutorial_server, "/protected", tutorial_cookie, seconds).sample
             ),
             Contender(ours_name, ours_load.sample),
@@ -295,7 +305,7 @@ def build(options: Any) -> list[Case]:
         ]
         if fs_server is not None and fs_cookie is not None:
             contenders.insert(
-                2, Contender(FS_TOO, Load(fs_server, "/protected", fs_cookie, seconds).sample)
+                3, Contender(FS_TOO, Load(fs_server, "/protected", fs_cookie, seconds).sample)
             )
             targets.insert(
                 0, throughput_at_least(ours_name, FS_TOO, 1.5, "at least 1.5x Flask-Security-Too")

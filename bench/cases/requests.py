@@ -4,6 +4,10 @@ bearer token.
 
 - bare Flask (the floor): Flask's signed cookie session holds the user id; the permissions
   are a set in memory.
+- bare Flask + one session query (the floor of server-side sessions): the cookie holds a
+  random token, looked up by its SHA-256 with one query per request through
+  Flask-SQLAlchemy's session; what any library that checks the session in the database on
+  every request pays at least.
 - Flask-Login: the tutorial pattern: the user loaded from the database on each request, the
   permission found through ``user.roles`` and ``role.permissions``.
 - Flask-Security-Too: ``@auth_required`` and ``@permissions_required`` (fsqla_v3 models); its
@@ -19,11 +23,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..apps import Built, aaa_app, bare_app, check, fs_app, tutorial_app
+from ..apps import Built, aaa_app, bare_app, check, fs_app, session_floor_app, tutorial_app
 from ..peers import available
 from ..runner import Case, Contender, Target, at_most, faster_by, format_ratio, repeated
 
 FLOOR = "bare Flask (floor)"
+SESSION_FLOOR = "bare Flask + one session query (server-side floor)"
 FLASK_LOGIN = "Flask-Login (tutorial pattern)"
 FS_TOO = "Flask-Security-Too"
 
@@ -65,10 +70,12 @@ def build(options: Any) -> list[Case]:
         url = fresh()
         ours_name = f"Flask-AAA, server-side sessions on {db_name}"
         ours = aaa_app(url)
+        session_floor = session_floor_app(url)
         tutorial = tutorial_app(url)
         fs = None if fs_missing else fs_app(url)
         contenders = [
             Contender(FLOOR, getter(floor, "/protected")),
+            Contender(SESSION_FLOOR, getter(session_floor, "/protected")),
             Contender(FLASK_LOGIN, getter(tutorial, "/protected")),
             Contender(ours_name, getter(ours, "/protected")),
         ]
@@ -76,7 +83,7 @@ def build(options: Any) -> list[Case]:
             throughput_at_least(ours_name, FLOOR, 0.5, "at least 0.5x bare Flask's throughput"),
         ]
         if fs is not None:
-            contenders.insert(2, Contender(FS_TOO, getter(fs, "/protected")))
+            contenders.insert(3, Contender(FS_TOO, getter(fs, "/protected")))
             targets.insert(0, faster_by(ours_name, FS_TOO, 1.5, "at least 1.5x Flask-Security-Too"))
         notes = [
             "The HTTP targets of issue 8 (gunicorn, 2 workers) are stated for a server; "
@@ -115,7 +122,7 @@ def build(options: Any) -> list[Case]:
                 ours=token_name,
                 floor=FLOOR,
                 targets=token_targets,
-                close=closer(ours, tutorial, fs),
+                close=closer(ours, session_floor, tutorial, fs),
             )
         )
     return cases
