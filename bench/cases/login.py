@@ -3,11 +3,13 @@
 - raw argon2-cffi (the floor): ``PasswordHasher(...).verify(hash, password)`` with the
   parameters of the ``owasp`` preset (m=19 MiB, t=2, p=1) on the same hash.
 - Flask-AAA: ``PasswordService.verify`` (NFKC normalization, the length rule, a hashing slot
-  from the bounded semaphore, pwdlib's verify-and-update with the rehash check).
+  from the bounded semaphore, the hash run on the process's fixed pool of hashing threads,
+  pwdlib's verify-and-update with the rehash check).
 - Peak memory of 50 concurrent logins: 50 threads verifying at once, in a fresh process;
   the figure is the process's peak resident memory above what it held before the logins.
-  Flask-AAA lets ``AAA_PASSWORD_HASH_CONCURRENCY`` (4) hash at a time, the others wait for
-  a slot (up to ``AAA_PASSWORD_HASH_WAIT``, then 503); raw argon2-cffi runs all 50.
+  Flask-AAA lets ``AAA_PASSWORD_HASH_CONCURRENCY`` (4) hash at a time, on that many pool
+  threads, the others wait for a slot (up to ``AAA_PASSWORD_HASH_WAIT``, then 503); raw
+  argon2-cffi runs all 50, each on its own thread.
 """
 
 from __future__ import annotations
@@ -164,12 +166,11 @@ def build(options: Any) -> list[Case]:
         ],
         rounds=1 if options.tiny else 5,
         notes=[
-            "Flask-AAA hashes at most 4 passwords at a time, yet the process peak is above "
-            "4 x 19 MiB: glibc's dynamic mmap threshold rises after the first argon2 block is "
-            "freed, so later blocks are carved from per-thread malloc arenas (up to 8 x CPUs "
-            "of them), which keep the memory after the hash. The peak is bounded by the "
-            "arena count, not by the number of logins; with a fixed threshold "
-            "(`MALLOC_MMAP_THRESHOLD_`, third row) it is the 4 slots' worth.",
+            "The bound is the slots' argon2 blocks plus 32 MiB of slack. glibc's dynamic "
+            "mmap threshold rises after the first argon2 block is freed, so later blocks can "
+            "be carved from malloc arenas that keep the memory after the hash; hashing only "
+            "on the pool's threads limits that to their arenas, and a fixed threshold "
+            "(`MALLOC_MMAP_THRESHOLD_`, third row) returns every block when it is freed.",
         ],
     )
     return [check, memory]
