@@ -208,3 +208,13 @@ def faster_by(a: str, b: str, factor: float, text: str) -> Target:
         return format_ratio(value), value >= factor
 
     return Target(text, measure)
+
+
+def throughput_at_least(ours: str, other: str, factor: float, text: str) -> Target:
+    """``ours`` serves at least ``factor`` times ``other``'s requests per second."""
+
+    def measure(result: CaseResult) -> tuple[str, bool]:
+        value = result.ratio(other, ours)
+        return format_ratio(value), value >= factor
+
+    return Target(text, measure)

@@ -45,7 +45,7 @@ from ..apps import (
     tutorial_app,
 )
 from ..peers import available
-from ..runner import Case, CaseResult, Contender, Target, format_ratio
+from ..runner import Case, CaseResult, Contender, Target, format_ratio, throughput_at_least
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOOR = "bare Flask (floor)"
@@ -221,14 +221,6 @@ class Load:
         rate, p50 = parse_wrk(done.stdout)
         self.latencies.append(p50)
         return 1 / rate
-
-
-def throughput_at_least(ours: str, other: str, factor: float, text: str) -> Target:
-    def measure(result: CaseResult) -> tuple[str, bool]:
-        value = result.ratio(other, ours)
-        return format_ratio(value), value >= factor
-
-    return Target(text, measure)
 
 
 def p50_at_most(ours: Load, floor: Load, limit: float, text: str) -> Target:

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..apps import Built, aaa_app, bare_app, check, fs_app, session_floor_app, tutorial_app
 from ..peers import available
-from ..runner import Case, Contender, Target, at_most, faster_by, format_ratio, repeated
+from ..runner import Case, Contender, at_most, faster_by, repeated, throughput_at_least
 
 FLOOR = "bare Flask (floor)"
 SESSION_FLOOR = "bare Flask + one session query (server-side floor)"
@@ -50,16 +50,6 @@ def closer(*built: Built | None) -> Any:
                 one.close()
 
     return close
-
-
-def throughput_at_least(ours: str, other: str, factor: float, text: str) -> Target:
-    """``ours`` serves at least ``factor`` times ``other``'s requests per second."""
-
-    def measure(result: Any) -> tuple[str, bool]:
-        value = result.ratio(other, ours)
-        return format_ratio(value), value >= factor
-
-    return Target(text, measure)
 
 
 def build(options: Any) -> list[Case]:
