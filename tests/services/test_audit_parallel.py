@@ -136,6 +136,16 @@ def test_L05_tampering_gives_the_one_process_report(trail, engine, tamper):
         assert not walked_in_parallel(trail)
 
 
+def test_a_range_process_that_cannot_run_is_logged_and_the_walk_done_in_one(
+    trail, monkeypatch, caplog
+):
+    monkeypatch.setattr(audit.sys, "executable", "/bin/false")
+    report = audit.verify_chain(trail, **SPLIT)
+    assert report.ok
+    assert report.checked == 30
+    assert "a range process failed" in caplog.text
+
+
 def test_a_short_trail_or_an_in_memory_database_is_walked_in_one_process(trail, tmp_path):
     trail.rollback()
     assert not audit._walk_in_parallel(trail, audit._Walk(None), 5_000, None, {}, 3, 16)

@@ -784,18 +784,26 @@ def _walk_in_parallel(
             stderr=subprocess.DEVNULL,
         )
         stdin = cast(IO[bytes], worker.stdin)  # PIPE: always set
-        stdin.write(json.dumps(task).encode())
-        stdin.close()
+        with contextlib.suppress(OSError):  # a process that could not start: its status says
+            stdin.write(json.dumps(task).encode())
+        with contextlib.suppress(OSError):
+            stdin.close()
         workers.append(worker)
     results: list[Any] = []
     for worker in workers:
         stdout = cast(IO[bytes], worker.stdout)
         output = stdout.read()
         stdout.close()
+        status = worker.wait()
         try:
-            results.append(json.loads(output) if worker.wait() == 0 else None)
+            results.append(json.loads(output) if status == 0 else None)
         except ValueError:
+            status = -1
             results.append(None)
+        if status != 0:
+            # Not a finding: the process could not run (say, the database needs connection
+            # options that are not in its URL). Say so; the walk is done in one process.
+            _errors.warning("verify: a range process failed (status %s); walking in one", status)
     if any(result is None for result in results):
         return False
     for k, (checked, matched, good_mark, last_hash) in enumerate(results):
