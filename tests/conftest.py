@@ -7,6 +7,7 @@ set (its Flask-AAA tables are dropped and recreated per test). Rate limits use R
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -18,7 +19,7 @@ import pytest
 from flask import Flask, jsonify
 from flask.testing import FlaskClient
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.orm import Session
 
 from flask_aaa import (
@@ -378,6 +379,25 @@ def ensure_role(session: Session, name: str, permissions: list[str] = ()) -> Rol
 def admin(make_user: Callable[..., User]) -> User:
     """A full administrator (role ``admin`` holding ``*``)."""
     return make_user("root", roles=["admin"], perms={"admin": ["*"]})
+
+
+@contextlib.contextmanager
+def count_statements(app: Flask) -> Iterator[list[str]]:
+    """The SQL statements the app sends to its database while the block runs."""
+    statements: list[str] = []
+    engine = app_engine(app)
+
+    def before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        # SQLite's BEGIN is sent by Flask-AAA as a statement; drivers for servers send it
+        # with the first query, so it is not a round trip of its own there.
+        if not statement.startswith("BEGIN"):
+            statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
 
 
 def csrf_token(client: FlaskClient) -> str:

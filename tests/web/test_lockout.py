@@ -20,7 +20,7 @@ from freezegun import freeze_time
 from sqlalchemy import func, select
 
 from flask_aaa.models import AuditEvent, LoginSession, User
-from tests.conftest import PASSWORD, form_token, fresh, login, post, post_json
+from tests.conftest import PASSWORD, count_statements, form_token, fresh, login, post, post_json
 
 COOKIE = "aaa_session"
 REMEMBER = "aaa_remember"
@@ -403,6 +403,27 @@ def test_A06_reauthentication_honours_the_lock(app, alice, db):
     fail_logins(app)
     response = post(client, "/account/reauth", {"password": PASSWORD}, headers=JSON)
     assert response.status_code == 400
+    assert events(db, "auth.reauthenticated") == []
+
+
+def test_A06_locked_reauthentication_does_the_same_work_for_the_right_password(app, alice, db):
+    """While locked, /account/reauth must not tell the right password apart by its work
+    either (A02): refused, it sends the same SQL as a wrong one. (Two wrong ones here stay
+    under the threshold, so no new lockout adds its own statements.)"""
+    client = app.test_client()
+    assert form_login(client, "alice").status_code == 303
+    fail_logins(app)
+
+    def statements_of(password: str) -> list[str]:
+        assert (
+            post(client, "/account/reauth", {"password": password}, headers=JSON).status_code == 400
+        )
+        with count_statements(app) as sent:
+            response = post(client, "/account/reauth", {"password": password}, headers=JSON)
+            assert response.status_code == 400
+        return sent
+
+    assert statements_of(PASSWORD) == statements_of(WRONG)
     assert events(db, "auth.reauthenticated") == []
 
 

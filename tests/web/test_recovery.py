@@ -19,9 +19,11 @@ import pytest
 from flask import Flask
 from freezegun import freeze_time
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import OperationalError
 
 from flask_aaa.db import utcnow
 from flask_aaa.models import AuditEvent, LoginSession, OneTimeToken, User
+from flask_aaa.services import onetime
 from flask_aaa.services.actors import token_digest
 from tests.conftest import (
     PASSWORD,
@@ -264,6 +266,89 @@ def test_A01_registering_a_taken_address_answers_like_a_new_one(app, make_user, 
     assert fresh(db).scalar(select(func.count()).select_from(User)) == 2
     [refused] = events(db, "user.registration_refused")
     assert refused.target_label == "owner"
+
+
+# -- the work after the answer (A02: these requests answer before anything differs) --
+
+
+def test_A02_forgot_does_its_work_only_after_the_response(app, make_user, db):
+    """The answer is complete before the address is even looked up: until the response is
+    closed there is no link, no event and no mail; closing it does all three."""
+    make_user("alice")
+    response = post(app.test_client(), "/auth/forgot", {"email": "alice@example.org"})
+    assert response.status_code == 303
+    assert events(db, "auth.reset.requested") == []
+    assert fresh(db).scalar(select(func.count()).select_from(OneTimeToken)) == 0
+    assert outbox(app) == []
+    response.close()
+    assert len(events(db, "auth.reset.requested")) == 1
+    assert fresh(db).scalar(select(func.count()).select_from(OneTimeToken)) == 1
+    assert [m.to for m in outbox(app)] == [["alice@example.org"]]
+
+
+@confirming
+def test_A02_registration_under_confirmation_writes_only_after_the_response(app, db):
+    response = post(
+        app.test_client(),
+        "/auth/register",
+        {"username": "fresh", "email": "fresh@example.org", "password": PASSWORD},
+    )
+    assert response.status_code == 303
+    assert fresh(db).scalar(select(func.count()).select_from(User)) == 0
+    response.close()
+    assert user_named(db, "fresh").email == "fresh@example.org"
+    assert "/auth/confirm/" in last_mail(app, "fresh@example.org").body
+
+
+@pytest.mark.parametrize("email", ["not-an-address", "a@b@example.org", "x" * 400 + "@ex.org"])
+def test_A02_a_malformed_address_is_refused_in_the_request(app, make_user, db, email):
+    """Whether the field is an address at all says nothing about accounts: a 400 at once,
+    and no work is left for after the response."""
+    make_user("alice")
+    response = post_json(app.test_client(), "/auth/forgot", {"email": email}, buffered=True)
+    assert response.status_code == 400
+    assert set(response.get_json()["fields"]) == {"email"}
+    assert events(db, "auth.reset.requested") == []
+    assert outbox(app) == []
+
+
+@confirming
+def test_A02_a_bad_registration_field_is_refused_in_the_request(app, make_user, db):
+    make_user("taken")
+    response = post_json(
+        app.test_client(),
+        "/auth/register",
+        {"username": "taken", "email": "new@example.org", "password": PASSWORD},
+        buffered=True,
+    )
+    assert response.status_code == 400
+    assert set(response.get_json()["fields"]) == {"username"}
+    assert fresh(db).scalar(select(func.count()).select_from(User)) == 1
+    assert outbox(app) == []
+
+
+def test_A02_work_after_the_response_that_fails_is_logged_and_keeps_nothing(
+    app, make_user, db, monkeypatch, caplog
+):
+    """The database fails after the answer has gone: the client keeps its answer, the
+    failure is logged, and neither the link nor its event is kept."""
+    make_user("alice")
+
+    def failing_issue(*args: Any, **kwargs: Any) -> str:
+        raise OperationalError("INSERT", {}, Exception("the database went away"))
+
+    monkeypatch.setattr(onetime, "issue", failing_issue)
+    with caplog.at_level("ERROR", logger="flask_aaa"):
+        response = request_reset(app.test_client())
+    assert response.status_code == 303
+    assert "work after the response failed" in caplog.text
+    assert events(db, "auth.reset.requested") == []
+    assert fresh(db).scalar(select(func.count()).select_from(OneTimeToken)) == 0
+    assert outbox(app) == []
+    # The next request is served as usual.
+    monkeypatch.undo()
+    assert request_reset(from_ip(app, "10.9.0.1")).status_code == 303
+    assert len(events(db, "auth.reset.requested")) == 1
 
 
 @confirming

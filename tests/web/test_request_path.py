@@ -2,29 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-
-from sqlalchemy import event
-
-from tests.conftest import app_engine, login
-
-
-@contextlib.contextmanager
-def count_statements(app):
-    statements: list[str] = []
-    engine = app_engine(app)
-
-    def before(_conn, _cursor, statement, *_args):
-        # SQLite's BEGIN is sent by Flask-AAA as a statement; drivers for servers send it
-        # with the first query, so it is not a round trip of its own there.
-        if not statement.startswith("BEGIN"):
-            statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", before)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", before)
+from tests.conftest import count_statements, login
 
 
 def test_warm_permission_check_is_one_round_trip(app, client, make_user):

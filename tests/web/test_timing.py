@@ -1,4 +1,6 @@
-"""A02: an unknown login and a known login with a wrong password cannot be told apart by time.
+"""A02: an unknown login and a known login with a wrong password cannot be told apart by time;
+nor can an address with an account in the mail flows (forgot password, resend confirmation,
+registration under ``AAA_CONFIRM_EMAIL``), measured the same way.
 
 The library verifies a dummy argon2id hash (made with the current parameters) when the login
 is unknown, so both failures cost one real hash. This is measured through the test client,
@@ -24,25 +26,31 @@ machine and loud on a missing dummy hash, which removes most of the work from on
 control test switches the dummy hash off and asserts that the detector sees it, so the test
 can fail.
 
-What remains: a wrong password for a real account also counts the failure towards the
-lockout (an UPDATE and a SELECT in the failure's transaction), which an unknown login does
-not. With the fast preset that is about 1 ms of a 5-6 ms request; with the owasp preset about
-4% of the request, under the 10% bound, but measurable with enough samples on a quiet
-machine. See docs/security.md ("Enumeration").
+The same work is also checked without any clock: every refused login (unknown, wrong
+password, locked or disabled account) must send the same SQL statements
+(``test_A02_every_refused_login_sends_the_same_statements``). Before it did, a wrong password
+for a real account also read the account again and counted the failure in two statements,
+about 5 ms more on PostgreSQL (8.7% of the request, z = -7.6): enough for this test to flag.
+See docs/security.md ("Enumeration").
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import random
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pytest
+from sqlalchemy import update
 
+from flask_aaa.models import User
 from flask_aaa.services.passwords import PasswordService
-from tests.conftest import form_token
+from flask_aaa.web import mail
+from tests.conftest import PASSWORD, count_statements, form_token
 
 #: Pairs of requests (one unknown login, one wrong password): 200 requests, as SECURITY-CASES
 #: asks; about 8 s with the owasp preset on an idle machine.
@@ -121,20 +129,40 @@ def compare(a: list[float], b: list[float]) -> Comparison:
 
 
 @pytest.fixture
-def config(config):
+def config(config, request):
     config.update(
         AAA_PASSWORD_HASH_PRESET="owasp",  # the real cost: what an attacker would time
         AAA_LOGIN_LIMIT_PER_IP="100000 per minute",
         AAA_LOGIN_LIMIT_PER_ACCOUNT="100000 per minute",
         # The known accounts must stay plain "wrong password" cases: no lockout on the way.
         AAA_LOCKOUT_THRESHOLD=100,
+        AAA_MAIL_LIMIT="100000 per hour",
     )
+    config.update(getattr(request, "param", {}))
     return config
 
 
+def measure_pairs(
+    attempt: Callable[[str], float], unknown: Sequence[str], known: Sequence[str], seed: int
+) -> tuple[list[float], list[float]]:
+    """Requests in pairs (one about something unknown, one about an account, in a random
+    order within the pair, each kind cycling through its names); the wall times of each
+    kind, in seconds, pair by pair."""
+    rng = random.Random(seed)
+    unknown_times: list[float] = []
+    known_times: list[float] = []
+    for i in range(WARM_UP + PAIRS):
+        pair = [("unknown", unknown[i % len(unknown)]), ("known", known[i % len(known)])]
+        rng.shuffle(pair)
+        times = {kind: attempt(name) for kind, name in pair}
+        if i >= WARM_UP:
+            unknown_times.append(times["unknown"])
+            known_times.append(times["known"])
+    return unknown_times, known_times
+
+
 def measure(client, seed: int) -> tuple[list[float], list[float]]:
-    """Failed logins in pairs (an unknown login and a known one with a wrong password, in a
-    random order within the pair); the wall times of each kind, in seconds, pair by pair."""
+    """Failed logins in pairs: an unknown login and a known one with a wrong password."""
     token = form_token(client.get("/auth/login").get_data(as_text=True))
 
     def attempt(login: str) -> float:
@@ -147,17 +175,7 @@ def measure(client, seed: int) -> tuple[list[float], list[float]]:
         assert response.status_code == 401, response.status_code
         return elapsed
 
-    rng = random.Random(seed)
-    unknown: list[float] = []
-    known: list[float] = []
-    for i in range(WARM_UP + PAIRS):
-        pair = [("unknown", UNKNOWN[i % 2]), ("known", KNOWN[i % 2])]
-        rng.shuffle(pair)
-        times = {kind: attempt(login) for kind, login in pair}
-        if i >= WARM_UP:
-            unknown.append(times["unknown"])
-            known.append(times["known"])
-    return unknown, known
+    return measure_pairs(attempt, UNKNOWN, KNOWN, seed)
 
 
 @pytest.mark.slow
@@ -190,6 +208,151 @@ def test_A02_detector_flags_a_missing_dummy_hash(client, make_user, monkeypatch)
     print(f"A02 control (no dummy hash): {result}")
     assert result.leaks, f"a missing dummy hash went unnoticed: {result}"
     assert result.shift < 0
+
+
+# -- the mail flows: the answer is ready before anything differs --
+
+#: The public requests that name an address and answer the same whether it has an account
+#: or not ("a link is on its way", "check your email"). Forgot password and resend
+#: confirmation do all their work after the response; registration (with
+#: ``AAA_CONFIRM_EMAIL``) checks and hashes in the request, the same for every address, and
+#: writes after it. Each entry: the URL and the form for an address (``n`` makes the
+#: usernames of new registrations unique).
+MAIL_FLOWS: dict[str, tuple[str, Callable[[str, int], dict[str, str]]]] = {
+    "forgot password": ("/auth/forgot", lambda email, n: {"email": email}),
+    "resend confirmation": ("/auth/resend-confirmation", lambda email, n: {"email": email}),
+    "registration": (
+        "/auth/register",
+        lambda email, n: {"username": f"newcomer{n}", "email": email, "password": NEW_PASSWORD},
+    ),
+}
+NEW_PASSWORD = "a-long-and-new-password-7"
+UNKNOWN_ADDRESSES = ("nobody-at-all@example.org", "no-such-user@example.org")
+#: The mail flows' config: their known accounts are unconfirmed (so they are the ones that
+#: get a link), and hashing is fast, so that what differs is a larger share of the request
+#: (stricter than the real cost; these flows hash once for every address, or never).
+MAIL_CONFIG = {
+    "AAA_CONFIRM_EMAIL": True,
+    "AAA_PASSWORD_HASH_PRESET": "fast",
+    "AAA_REGISTER_LIMIT_PER_IP": "100000 per hour",
+}
+
+
+def measure_mail_flow(app, client, flow: str, seed: int) -> tuple[list[float], list[float]]:
+    """Pairs of requests for an unknown address and an account's address. Each is timed
+    until its response is complete (what a client can time: the server sends the last byte
+    before it runs the work queued for afterwards), then closed, which runs that work."""
+    url, form = MAIL_FLOWS[flow]
+    token = form_token(client.get(url).get_data(as_text=True))
+    mailman = app.extensions["mailman"]
+    numbers = iter(range(10_000))
+    registering = flow == "registration"
+
+    def sent() -> int:
+        return len(getattr(mailman, "outbox", []))  # made by the first mail sent
+
+    def attempt(email: str) -> float:
+        n = next(numbers)
+        if registering and email in UNKNOWN_ADDRESSES:
+            email = f"{n}-{email}"  # a new address each time, else it would be taken
+        data = {**form(email, n), "csrf_token": token}
+        start = time.perf_counter()
+        response = client.post(url, data=data)
+        elapsed = time.perf_counter() - start
+        assert response.status_code == 303, response.status_code
+        sent_before = sent()
+        response.close()
+        # Registration mails both: a confirmation link, or a notice to the address's owner.
+        expected = 1 if registering or email not in UNKNOWN_ADDRESSES else 0
+        assert sent() - sent_before == expected
+        return elapsed
+
+    known = [f"{name}@example.org" for name in KNOWN]
+    return measure_pairs(attempt, UNKNOWN_ADDRESSES, known, seed)
+
+
+def unconfirmed_users(make_user, db) -> None:
+    for name in KNOWN:
+        make_user(name)
+    db.execute(update(User).values(email_confirmed_at=None))
+    db.commit()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", [MAIL_CONFIG], indirect=True)
+@pytest.mark.parametrize("flow", MAIL_FLOWS)
+def test_A02_mail_flows_answer_in_the_same_time_for_any_address(app, client, make_user, db, flow):
+    unconfirmed_users(make_user, db)
+    unknown, known = measure_mail_flow(app, client, flow, seed=20261129)
+    result = compare(unknown, known)
+    print(f"A02 {flow}, unknown vs known address: {result}")
+    assert not result.leaks, f"{flow}: an address with an account can be told by time: {result}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", [MAIL_CONFIG], indirect=True)
+@pytest.mark.parametrize("flow", MAIL_FLOWS)
+def test_A02_detector_flags_mail_flow_work_done_before_the_answer(
+    app, client, make_user, db, monkeypatch, flow
+):
+    """The control: run the queued work before the answer (as these flows once did) and
+    the same measurement must call it a leak: only for an address with an account is a link
+    made and stored (forgot password, resend), or only for a new one an account (registration)."""
+    unconfirmed_users(make_user, db)
+    monkeypatch.setattr(mail, "after_response", lambda job: job())
+    unknown, known = measure_mail_flow(app, client, flow, seed=20261130)
+    result = compare(unknown, known)
+    print(f"A02 control ({flow}, work before the answer): {result}")
+    assert result.leaks, f"{flow}: work done before the answer went unnoticed: {result}"
+
+
+# -- the same work, counted (fast, no noise) --
+
+
+def refused_login_statements(app, client, login: str, password: str) -> list[str]:
+    """The SQL one refused login sends, after a first one has warmed every cache."""
+    token = form_token(client.get("/auth/login").get_data(as_text=True))
+    data = {"login": login, "password": password, "csrf_token": token}
+    assert client.post("/auth/login", data=data).status_code == 401
+    with count_statements(app) as statements:
+        assert client.post("/auth/login", data=data).status_code == 401
+    return statements
+
+
+def _lock(db, name: str) -> None:
+    db.execute(
+        update(User)
+        .where(User.username == name)
+        .values(locked_until=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+    )
+    db.commit()
+
+
+@pytest.mark.parametrize(
+    ("case", "password"),
+    [
+        ("wrong password", "not-the-password-1"),
+        ("locked account, right password", PASSWORD),
+        ("locked account, wrong password", "not-the-password-1"),
+        ("disabled account, right password", PASSWORD),
+    ],
+)
+def test_A02_every_refused_login_sends_the_same_statements(
+    app, client, make_user, db, case, password
+):
+    """The noise-free half of A02: whatever the cause, a refused login sends the same SQL as
+    an unknown one: the lookup, one event, and one counting statement (an UPDATE that finds
+    no row unless the password was wrong for a real account). Before this held, a wrong
+    password for a real account also re-read the account and counted in two statements:
+    about 5 ms on PostgreSQL, which the timing test above caught."""
+    make_user("alice", active=not case.startswith("disabled"))
+    if case.startswith("locked"):
+        _lock(db, "alice")
+    unknown = refused_login_statements(app, client, "nobody-at-all", password)
+    known = refused_login_statements(app, client, "alice", password)
+    assert known == unknown
+    counting = [s for s in unknown if s.startswith("UPDATE") and "SET failed_logins=" in s]
+    assert len(counting) == 1, unknown
 
 
 # -- the detector on synthetic samples (fast) --

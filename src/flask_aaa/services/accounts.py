@@ -143,6 +143,55 @@ def _identifiers(
     return uname, mail, owner if hide_taken_email else None
 
 
+def _checked(
+    db: Session,
+    *,
+    settings: Settings,
+    passwords: PasswordService,
+    username: str | None,
+    email: str | None,
+    password: str,
+    hide_taken_email: bool,
+) -> tuple[Identifier | None, Identifier | None, User | None, str]:
+    """Every check of a new account, reading only: the identifiers (and the owner of a
+    taken address, with ``hide_taken_email``) and the password, normalized."""
+    passwords.check_length(password)
+    uname, mail, owner = _identifiers(
+        db, settings, username, email, hide_taken_email=hide_taken_email
+    )
+    password = passwords.check_policy(
+        password, identifiers=[uname.display if uname else None, mail.display if mail else None]
+    )
+    return uname, mail, owner, password
+
+
+def prepare_quiet_registration(
+    db: Session,
+    *,
+    settings: Settings,
+    passwords: PasswordService,
+    username: str | None,
+    email: str | None,
+    password: str,
+) -> str:
+    """The checks and the hashing work of :func:`register_quietly`, without a write; returns
+    the password's hash, for ``register_quietly(..., password_hash=...)``. Raises
+    :class:`InvalidInput` for a bad field, never for a taken address. For a caller that
+    answers before it registers, so that the answer's time cannot tell whether the address
+    has an account: it costs the same for every address, and a full hashing pool is still a
+    503 to the client, not a registration lost afterwards."""
+    *_, normalized = _checked(
+        db,
+        settings=settings,
+        passwords=passwords,
+        username=username,
+        email=email,
+        password=password,
+        hide_taken_email=True,
+    )
+    return passwords.hash(normalized)
+
+
 def _new_user(
     db: Session,
     *,
@@ -153,18 +202,23 @@ def _new_user(
     password: str,
     hide_taken_email: bool = False,
     email_confirmed: bool = False,
+    password_hash: str | None = None,
 ) -> tuple[User | None, User | None]:
     """Create the account (flushed, not committed): ``(user, None)``. With
     ``hide_taken_email`` and an address that has an account: ``(None, owner)``, after the
-    same checks and the same hashing work as a real registration."""
-    passwords.check_length(password)
-    uname, mail, owner = _identifiers(
-        db, settings, username, email, hide_taken_email=hide_taken_email
+    same checks and the same hashing work as a real registration. ``password_hash``, from
+    :func:`prepare_quiet_registration` for this password, saves hashing it again."""
+    uname, mail, owner, password = _checked(
+        db,
+        settings=settings,
+        passwords=passwords,
+        username=username,
+        email=email,
+        password=password,
+        hide_taken_email=hide_taken_email,
     )
-    password = passwords.check_policy(
-        password, identifiers=[uname.display if uname else None, mail.display if mail else None]
-    )
-    password_hash = passwords.hash(password)
+    if password_hash is None:
+        password_hash = passwords.hash(password)
     if owner is not None:
         return None, owner
     now = utcnow()
@@ -256,11 +310,13 @@ def register_quietly(
     email: str | None,
     password: str,
     facts: RequestFacts,
+    password_hash: str | None = None,
 ) -> tuple[User | None, User | None]:
     """Sign-up that does not tell whether the address has an account (with email
     confirmation, A01): ``(new_user, None)``, or ``(None, owner)`` when the address belongs
     to ``owner`` -- after the same checks and the same hashing work. Errors on the other
-    fields (a taken username, a weak password) are still raised."""
+    fields (a taken username, a weak password) are still raised. ``password_hash``: see
+    :func:`prepare_quiet_registration`."""
     user, owner = _new_user(
         db,
         settings=settings,
@@ -269,6 +325,7 @@ def register_quietly(
         email=email,
         password=password,
         hide_taken_email=True,
+        password_hash=password_hash,
     )
     if user is not None:
         welcome(db, settings=settings, user=user, facts=facts)
@@ -386,6 +443,11 @@ def verify_credentials(
     ok, new_hash = passwords.verify(password, user.password_hash if user else None)
     reason = _refusal(settings, user, ok)
     if reason is not None:
+        # Every refusal does the same work, whatever its cause (A02): one hash (above), one
+        # event and one counting statement, which counts for no account unless the password
+        # was wrong for a real one. The account is described before ``apart`` rolls back and
+        # expires ``user``: reading it afterwards would be a query for known logins only.
+        account = audit.Target.of(user) if user is not None else None
         with audit.apart(db):
             # The attempt is by an unknown party; the account, if any, is its target, so
             # that its owner sees it among their own activity.
@@ -395,11 +457,11 @@ def verify_credentials(
                 actor=Actor.anonymous(),
                 outcome="failure",
                 facts=facts,
-                target=user,
+                target=account,
                 details={"reason": reason},
             )
-            if user is not None and reason == "bad_password":
-                lockout.register_failure(db, user, settings=settings, facts=facts)
+            counted = account if reason == "bad_password" else None
+            lockout.register_failure(db, counted, settings=settings, facts=facts)
         raise AuthenticationFailed(reason)
     user = assert_user(user)
     if new_hash is not None:
@@ -632,18 +694,21 @@ def confirm_password(
     locked = honour_lock and lockout.is_locked(user)
     if ok and not locked:
         return
+    # The same counting statement whether or not this failure counts, so a locked account's
+    # right password takes as long as a wrong one (``honour_lock``).
+    account = audit.Target.of(user)
     with audit.apart(db):
         audit.record(
             db,
             action=action,
             actor=Actor.of(user),
             outcome="failure",
-            target=user,
+            target=account,
             facts=facts,
             details={"reason": reason if ok is False else "locked"},
         )
-        if not ok and count_failure:
-            lockout.register_failure(db, user, settings=settings, facts=facts)
+        counted = account if not ok and count_failure else None
+        lockout.register_failure(db, counted, settings=settings, facts=facts)
     raise InvalidInput({field: "The password is not correct."})
 
 

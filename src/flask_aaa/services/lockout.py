@@ -9,8 +9,9 @@ every sign-in path gives the same answer as a wrong password.
 from __future__ import annotations
 
 import datetime as dt
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, update
 from sqlalchemy.orm import Session
 
 from ..config import Settings
@@ -31,24 +32,60 @@ def lock_duration(settings: Settings, lockouts: int) -> int:
     return min(seconds, settings.lockout_max_seconds)
 
 
+#: The ``users`` table: the counting statements below are Core statements on the session's
+#: connection (one round trip each, none of the ORM's bulk-update bookkeeping).
+_USERS = cast(Table, User.__table__)
+#: An id no account has (ids start at 1): the statement for a failure that counts for no
+#: account finds no row.
+_NO_ACCOUNT = -1
+
+
 def register_failure(
-    db: Session, user: User, *, settings: Settings, facts: RequestFacts | None = None
+    db: Session,
+    account: User | audit.Target | None,
+    *,
+    settings: Settings,
+    facts: RequestFacts | None = None,
 ) -> dt.datetime | None:
-    """Count one failed password for ``user`` (atomically, in ``db``'s transaction); lock the
-    account when the count reaches the threshold and record ``auth.lockout``. Returns the
-    end of the new lockout, if one started."""
-    db.execute(update(User).where(User.id == user.id).values(failed_logins=User.failed_logins + 1))
-    failures, lockouts = db.execute(
-        select(User.failed_logins, User.lockouts).where(User.id == user.id)
-    ).one()
-    if failures < settings.lockout_threshold:
+    """Count one failed password for the user ``account`` names (atomically, in ``db``'s
+    transaction); lock the account when the count reaches the threshold and record
+    ``auth.lockout``. Returns the end of the new lockout, if one started.
+
+    ``account`` is None for a failure that counts for no account (an unknown login, a right
+    password refused for another reason): the same statement is sent for no row, so every
+    refused sign-in costs the same round trip (A02: time must not tell whether a login
+    exists, or whether a locked account's password was right). Callers that count after
+    :func:`audit.apart` pass the account's :class:`~flask_aaa.services.audit.Target`, taken
+    before ``apart`` rolled back and expired the ORM object: reading that object again would
+    be one more query, on one side only.
+
+    The in-memory ``User`` is not updated; every caller commits (expiring it) next."""
+    if isinstance(account, User):
+        account = audit.Target.of(account)
+    if account is None:
+        user_id = _NO_ACCOUNT
+    elif account.type == "user" and account.id is not None:
+        user_id = int(account.id)
+    else:
+        raise ValueError("only a user account's failures are counted")
+    counted = (
+        db.connection()
+        .execute(
+            update(_USERS)
+            .where(_USERS.c.id == user_id)
+            .values(failed_logins=_USERS.c.failed_logins + 1)
+            .returning(_USERS.c.failed_logins, _USERS.c.lockouts)
+        )
+        .first()
+    )
+    if counted is None or counted.failed_logins < settings.lockout_threshold:
         return None
-    lockouts += 1
+    lockouts = counted.lockouts + 1
     seconds = lock_duration(settings, lockouts)
     until = utcnow() + dt.timedelta(seconds=seconds)
-    db.execute(
-        update(User)
-        .where(User.id == user.id)
+    db.connection().execute(
+        update(_USERS)
+        .where(_USERS.c.id == user_id)
         .values(failed_logins=0, lockouts=lockouts, locked_until=until)
     )
     audit.record(
@@ -56,7 +93,7 @@ def register_failure(
         action="auth.lockout",
         actor=Actor.anonymous(),
         outcome="denied",
-        target=user,
+        target=account,
         facts=facts,
         details={"seconds": seconds, "lockouts_in_a_row": lockouts},
     )

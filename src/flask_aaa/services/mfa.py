@@ -253,16 +253,17 @@ def _record_failure(
     writes nothing), so this is :func:`audit.apart` without its gap: a concurrent guess
     waiting for the lock sees this failure counted. Fails closed (503) like ``apart``."""
     try:
+        account = audit.Target.of(user)
         audit.record(
             db,
             action="auth.mfa.failed",
             actor=Actor.anonymous(),
             outcome="failure",
-            target=user,
+            target=account,
             facts=facts,
             details={"method": method, "reason": reason},
         )
-        lockout.register_failure(db, user, settings=settings, facts=facts)
+        lockout.register_failure(db, account, settings=settings, facts=facts)
         db.commit()
     except SQLAlchemyError as exc:
         db.rollback()

@@ -203,6 +203,14 @@ def confirm_email(db: Session, *, raw: str, facts: RequestFacts) -> User:
 # -- registration --
 
 
+def answers_before_registering(settings: Settings, invitation: str | None) -> bool:
+    """Whether a registration gets one answer whatever happens ("check your email"): with
+    ``AAA_CONFIRM_EMAIL``, without an invitation, when registration is open to all. Then
+    the answer says nothing of the outcome, and a caller may give it first and register
+    after (see :func:`accounts.prepare_quiet_registration`)."""
+    return invitation is None and settings.confirm_email and not settings.invite_only
+
+
 def register(
     db: Session,
     *,
@@ -213,6 +221,7 @@ def register(
     password: str,
     facts: RequestFacts,
     invitation: str | None = None,
+    password_hash: str | None = None,
 ) -> Registered:
     """Self-service registration, in its three forms.
 
@@ -223,7 +232,8 @@ def register(
       is sent a notice instead, and ``user.registration_refused`` is recorded (A01).
     - Otherwise: plain registration (a taken address is a field error, as before).
 
-    ``AAA_INVITE_ONLY`` refuses registration without an invitation."""
+    ``AAA_INVITE_ONLY`` refuses registration without an invitation. ``password_hash`` (the
+    second form only) comes from :func:`accounts.prepare_quiet_registration`."""
     if invitation is not None:
         row, _ = _use(
             db,
@@ -273,6 +283,7 @@ def register(
         email=email,
         password=password,
         facts=facts,
+        password_hash=password_hash,
     )
     if new is not None:
         mail = send_confirmation(db, new, settings=settings, facts=facts, reason="registration")

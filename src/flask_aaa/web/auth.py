@@ -27,6 +27,7 @@ from flask_limiter.util import get_remote_address
 from flask_login import logout_user
 from flask_wtf.csrf import generate_csrf
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from ..config import Settings
 from ..errors import (
@@ -262,6 +263,40 @@ def create_blueprint() -> Blueprint:
         response.headers["Clear-Site-Data"] = '"cache", "storage"'
         return response
 
+    def register_after_the_answer(db: Session, fields: dict[str, str]) -> Response:
+        """With ``AAA_CONFIRM_EMAIL`` the answer is "check your email" whatever the address,
+        so it is given first. The request checks the fields (a bad one is a 400, which says
+        nothing about the address) and hashes the password, the same work for every
+        address; what differs (the new account or the owner's notice, the event, the link)
+        is written after the response. Its time cannot tell whether the address has an
+        account (A01, A02)."""
+        username, email, password = fields.get("username"), fields.get("email"), fields["password"]
+        password_hash = accounts.prepare_quiet_registration(
+            db,
+            settings=settings,
+            passwords=st.passwords,
+            username=username,
+            email=email,
+            password=password,
+        )
+        db.rollback()  # it only read
+        facts = request_facts()
+        recovery_web.later(
+            lambda later_db: (
+                recovery.register(
+                    later_db,
+                    settings=settings,
+                    passwords=st.passwords,
+                    username=username,
+                    email=email,
+                    password=password,
+                    facts=facts,
+                    password_hash=password_hash,
+                ).mail
+            )
+        )
+        return recovery_web.accepted(recovery_web.CHECK_EMAIL)
+
     @bp.route("/register", methods=["GET", "POST"])
     @public
     @limiter.limit(
@@ -290,6 +325,8 @@ def create_blueprint() -> Blueprint:
                 invitation = fields.get("invite") or invitation
             if "confirm" in fields and fields["confirm"] != fields["password"]:
                 raise InvalidInput({"confirm": "The passwords do not match."})
+            if recovery.answers_before_registering(settings, invitation):
+                return register_after_the_answer(db, fields)
             result = recovery.register(
                 db,
                 settings=settings,

@@ -9,6 +9,14 @@ Flask-Mailman. So a request about an address that has an account answers in the 
 one about an address that has none: the slow part, talking to the mail server, happens after.
 A response with an error status sends nothing.
 
+``after_response(job)`` goes one step further for the flows whose *work* depends on whether
+an address has an account (forgot password, resend confirmation): the whole job (the lookup,
+the link, the audit event, the commit) runs after the response, so the answer is ready before
+anything about the account is known and its time cannot tell. A job runs in an app context
+of its own (so a database session of its own); mail it queues with :func:`send` goes out
+when it returns. A failing job is logged (the client has its answer already) and its
+transaction rolled back, so its audit event and its action are lost together.
+
 Links are ``AAA_BASE_URL`` + the endpoint's path, never derived from the request (``Host``,
 ``X-Forwarded-Host``, ``SCRIPT_NAME``): a forged header cannot send a victim a link to another
 site (A20).
@@ -24,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from flask import Flask, current_app, g, render_template
@@ -40,6 +48,9 @@ _log = logging.getLogger("flask_aaa")
 #: ``app.extensions`` key of the :class:`MailFlows` of an app.
 EXTENSION_KEY = "aaa_mail"
 _QUEUE = "_aaa_mail_queue"
+_JOBS = "_aaa_after_response"
+#: Mail queued with :func:`send`: (template, recipient, template context).
+Queued = list[tuple[str, str, dict[str, Any]]]
 
 #: Canonical URL used in debug and testing when ``AAA_BASE_URL`` is not set.
 DEV_BASE_URL = "http://localhost"
@@ -98,7 +109,7 @@ def init_app(app: Flask, settings: Settings) -> MailFlows:
             app.config["MAIL_BACKEND"] = "locmem"
         Mail().init_app(app)
     app.extensions[EXTENSION_KEY] = flows
-    app.after_request(_send_after_response)
+    app.after_request(_after_response)
 
     @app.context_processor
     def _mail_globals() -> dict[str, Any]:
@@ -125,21 +136,50 @@ def link(endpoint: str, **values: Any) -> str:
 def send(template: str, to: str, **context: Any) -> None:
     """Queue a mail for after the response. ``context`` goes to the templates (with
     ``aaa_settings``); only this request's successful response sends it."""
-    queue: list[tuple[str, str, dict[str, Any]]] = g.setdefault(_QUEUE, [])
+    queue: Queued = g.setdefault(_QUEUE, [])
     queue.append((template, to, context))
 
 
-def _send_after_response(response: FlaskResponse) -> FlaskResponse:
-    queued: list[tuple[str, str, dict[str, Any]]] | None = g.pop(_QUEUE, None)
-    if not queued:
+def after_response(job: Callable[[], None]) -> None:
+    """Run ``job`` once this request's response has been sent (and only if it succeeded),
+    in an app context of its own; the mail it queues goes out when it returns."""
+    jobs: list[Callable[[], None]] = g.setdefault(_JOBS, [])
+    jobs.append(job)
+
+
+def _after_response(response: FlaskResponse) -> FlaskResponse:
+    queued: Queued = g.pop(_QUEUE, None) or []
+    jobs: list[Callable[[], None]] = g.pop(_JOBS, None) or []
+    if not queued and not jobs:
         return response
     if response.status_code >= 400:
-        _log.warning("%d queued mail(s) dropped: the response failed", len(queued))
+        if queued:
+            _log.warning("%d queued mail(s) dropped: the response failed", len(queued))
         return response
     app = cast("Flask", current_app._get_current_object())  # type: ignore[attr-defined]
     sender = state().settings.mail_sender
-    response.call_on_close(lambda: deliver(app, sender, queued))
+
+    def afterwards() -> None:
+        if queued:
+            deliver(app, sender, queued)
+        for job in jobs:
+            run_job(app, sender, job)
+
+    response.call_on_close(afterwards)
     return response
+
+
+def run_job(app: Flask, sender: str, job: Callable[[], None]) -> int:
+    """Run one :func:`after_response` job, then send the mail it queued. Nothing is raised:
+    a failure is logged. Returns how many mails were sent."""
+    with app.app_context():
+        try:
+            job()
+        except Exception:  # the response is gone: log and carry on
+            _log.exception("work after the response failed")
+            return 0
+        queued: Queued = g.pop(_QUEUE, None) or []
+    return deliver(app, sender, queued) if queued else 0
 
 
 def render(template: str, context: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -151,7 +191,7 @@ def render(template: str, context: Mapping[str, Any]) -> tuple[str, str, str]:
     return subject, text, html
 
 
-def deliver(app: Flask, sender: str, queued: list[tuple[str, str, dict[str, Any]]]) -> int:
+def deliver(app: Flask, sender: str, queued: Queued) -> int:
     """Render and send queued mail (after the response). A failure is logged, never
     raised: the client has its answer already. Returns how many were sent."""
     with app.app_context():

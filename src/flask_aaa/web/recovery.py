@@ -9,7 +9,9 @@ to a page without it, so the token never stays in the address bar, the history o
 token in the body (``"token"``).
 
 Requests that name an address answer the same, with the same status, whether it has an
-account or not; mail leaves after the response (see :mod:`.mail`). The mail-sending endpoints
+account or not; mail leaves after the response (see :mod:`.mail`). "Forgot password" and
+"resend confirmation" do all their work after the response (looking the address up, making
+the link, recording the event), so their time cannot tell either. The mail-sending endpoints
 are throttled with ``AAA_MAIL_LIMIT`` per target address, and per client IP (anonymous
 requests) or per user (signed-in ones: email change, invitations).
 """
@@ -32,8 +34,10 @@ from flask import (
 )
 from flask import request as flask_request
 from flask_limiter.util import get_remote_address
+from sqlalchemy.orm import Session
 
 from ..config import Settings
+from ..db import writing
 from ..errors import InvalidInput, InvalidToken, InvitationRequired
 from ..services import accounts, audit, recovery
 from ..services.recovery import INVITE_USERS, Outgoing
@@ -318,6 +322,32 @@ def registration_page(settings: Settings) -> Response:
     return no_referrer(Response(page)) if invited else Response(page)
 
 
+def later(work: Callable[[Session], Outgoing | None]) -> None:
+    """Run ``work`` after the response, as a writer in a session of its own, commit, then
+    send the mail it returns. For flows whose answer must not take longer when an account
+    is involved: the answer is ready before the work begins (see :func:`mail.after_response`)."""
+
+    def job() -> None:
+        db = db_session()
+        with writing():
+            out = work(db)
+            db.commit()
+        send(out)
+
+    mail.after_response(job)
+
+
+def by_mail_later(service: Callable[..., Outgoing | None], email: str) -> None:
+    """Check that ``email`` is an address (a field error now, which says nothing about
+    accounts), then run ``service`` (:func:`recovery.request_reset`,
+    :func:`recovery.request_confirmation`) for it after the response: the lookup, the link,
+    the audit event, the commit, then the mail. So its time cannot tell whether the address
+    has an account (A01, A02)."""
+    accounts.normalize_email(email)
+    settings, facts = state().settings, request_facts()
+    later(lambda db: service(db, settings=settings, email=email, facts=facts))
+
+
 # -- the blueprint --
 
 
@@ -340,18 +370,11 @@ def create_blueprint() -> Blueprint:
             if flask_request.method == "GET":
                 return render_template("aaa/forgot.html", errors={}, values={})
             values: dict[str, str] = {}
-            db = db_session()
             try:
-                fields = read_fields(["email"], required=["email"])
-                values = fields
-                out = recovery.request_reset(
-                    db, settings=settings, email=fields["email"], facts=request_facts()
-                )
+                values = read_fields(["email"], required=["email"])
+                by_mail_later(recovery.request_reset, values["email"])
             except InvalidInput as exc:
-                db.rollback()
                 return form_error("aaa/forgot.html", exc, values=values)
-            db.commit()
-            send(out)
             return accepted(SENT_RESET)
 
         @bp.get("/reset/<token>")
@@ -442,18 +465,11 @@ def create_blueprint() -> Blueprint:
             if flask_request.method == "GET":
                 return render_template("aaa/resend_confirmation.html", errors={}, values={})
             values: dict[str, str] = {}
-            db = db_session()
             try:
-                fields = read_fields(["email"], required=["email"])
-                values = fields
-                out = recovery.request_confirmation(
-                    db, settings=settings, email=fields["email"], facts=request_facts()
-                )
+                values = read_fields(["email"], required=["email"])
+                by_mail_later(recovery.request_confirmation, values["email"])
             except InvalidInput as exc:
-                db.rollback()
                 return form_error("aaa/resend_confirmation.html", exc, values=values)
-            db.commit()
-            send(out)
             return accepted(SENT_CONFIRM)
 
     if flows.email_change:
