@@ -300,6 +300,22 @@ def test_A02_registration_under_confirmation_writes_only_after_the_response(app,
     assert "/auth/confirm/" in last_mail(app, "fresh@example.org").body
 
 
+def test_A02_email_change_checks_the_password_now_and_makes_the_link_after(app, make_user, db):
+    make_user("alice")
+    client = app.test_client()
+    login(client, "alice")
+    wrong = post(client, "/auth/email", {"email": "new@example.org", "password": "nope" * 4})
+    assert wrong.status_code == 400, "the password is checked before the answer"
+    response = post(client, "/auth/email", {"email": "new@example.org", "password": PASSWORD})
+    assert response.status_code == 303
+    assert events(db, "user.email_change_requested") == []
+    assert fresh(db).scalar(select(func.count()).select_from(OneTimeToken)) == 0
+    response.close()
+    [requested] = events(db, "user.email_change_requested")
+    assert json.loads(requested.details) == {"new_email": "new@example.org"}
+    assert "/auth/email/confirm/" in last_mail(app, "new@example.org").body
+
+
 @pytest.mark.parametrize("email", ["not-an-address", "a@b@example.org", "x" * 400 + "@ex.org"])
 def test_A02_a_malformed_address_is_refused_in_the_request(app, make_user, db, email):
     """Whether the field is an address at all says nothing about accounts: a 400 at once,

@@ -50,7 +50,7 @@ from sqlalchemy import update
 from flask_aaa.models import User
 from flask_aaa.services.passwords import PasswordService
 from flask_aaa.web import mail
-from tests.conftest import PASSWORD, count_statements, form_token
+from tests.conftest import PASSWORD, count_statements, form_token, login
 
 #: Pairs of requests (one unknown login, one wrong password): 200 requests, as SECURITY-CASES
 #: asks; about 8 s with the owasp preset on an idle machine.
@@ -212,11 +212,11 @@ def test_A02_detector_flags_a_missing_dummy_hash(client, make_user, monkeypatch)
 
 # -- the mail flows: the answer is ready before anything differs --
 
-#: The public requests that name an address and answer the same whether it has an account
-#: or not ("a link is on its way", "check your email"). Forgot password and resend
-#: confirmation do all their work after the response; registration (with
-#: ``AAA_CONFIRM_EMAIL``) checks and hashes in the request, the same for every address, and
-#: writes after it. Each entry: the URL and the form for an address (``n`` makes the
+#: The requests that name an address and answer the same whether it has an account or not
+#: ("a link is on its way", "check your email"). Forgot password and resend confirmation do
+#: all their work after the response; registration (with ``AAA_CONFIRM_EMAIL``) and email
+#: change check in the request (the password too), the same for every address, and write
+#: after it. Each entry: the URL and the form for an address (``n`` makes the
 #: usernames of new registrations unique).
 MAIL_FLOWS: dict[str, tuple[str, Callable[[str, int], dict[str, str]]]] = {
     "forgot password": ("/auth/forgot", lambda email, n: {"email": email}),
@@ -225,6 +225,9 @@ MAIL_FLOWS: dict[str, tuple[str, Callable[[str, int], dict[str, str]]]] = {
         "/auth/register",
         lambda email, n: {"username": f"newcomer{n}", "email": email, "password": NEW_PASSWORD},
     ),
+    # Signed in as "carol", with her password: a link to a free address, or a notice to the
+    # owner of a taken one.
+    "email change": ("/auth/email", lambda email, n: {"email": email, "password": PASSWORD}),
 }
 NEW_PASSWORD = "a-long-and-new-password-7"
 UNKNOWN_ADDRESSES = ("nobody-at-all@example.org", "no-such-user@example.org")
@@ -243,6 +246,8 @@ def measure_mail_flow(app, client, flow: str, seed: int) -> tuple[list[float], l
     until its response is complete (what a client can time: the server sends the last byte
     before it runs the work queued for afterwards), then closed, which runs that work."""
     url, form = MAIL_FLOWS[flow]
+    if flow == "email change":
+        assert login(client, "carol").status_code == 303
     token = form_token(client.get(url).get_data(as_text=True))
     mailman = app.extensions["mailman"]
     numbers = iter(range(10_000))
@@ -262,8 +267,10 @@ def measure_mail_flow(app, client, flow: str, seed: int) -> tuple[list[float], l
         assert response.status_code == 303, response.status_code
         sent_before = sent()
         response.close()
-        # Registration mails both: a confirmation link, or a notice to the address's owner.
-        expected = 1 if registering or email not in UNKNOWN_ADDRESSES else 0
+        # Registration and email change mail both: a link, or a notice to the address's owner.
+        expected = (
+            1 if flow in ("registration", "email change") or email not in UNKNOWN_ADDRESSES else 0
+        )
         assert sent() - sent_before == expected
         return elapsed
 
@@ -272,9 +279,11 @@ def measure_mail_flow(app, client, flow: str, seed: int) -> tuple[list[float], l
 
 
 def unconfirmed_users(make_user, db) -> None:
-    for name in KNOWN:
+    for name in (*KNOWN, "carol"):  # carol, confirmed, changes her address
         make_user(name)
-    db.execute(update(User).values(email_confirmed_at=None))
+    db.execute(update(User).where(User.username.in_(KNOWN)).values(email_confirmed_at=None))
+    now = dt.datetime.now(dt.UTC)
+    db.execute(update(User).where(User.username == "carol").values(email_confirmed_at=now))
     db.commit()
 
 
@@ -289,15 +298,43 @@ def test_A02_mail_flows_answer_in_the_same_time_for_any_address(app, client, mak
     assert not result.leaks, f"{flow}: an address with an account can be told by time: {result}"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("config", [MAIL_CONFIG], indirect=True)
 @pytest.mark.parametrize("flow", MAIL_FLOWS)
+def test_A02_mail_flows_send_the_same_statements_before_the_answer(
+    app, client, make_user, db, flow
+):
+    """The noise-free half: until its response is complete, a request about an address with
+    an account sends exactly the SQL that one about an unknown address sends."""
+    unconfirmed_users(make_user, db)
+    url, form = MAIL_FLOWS[flow]
+    if flow == "email change":
+        assert login(client, "carol").status_code == 303
+    token = form_token(client.get(url).get_data(as_text=True))
+
+    def statements_of(email: str, n: int) -> list[str]:
+        with count_statements(app) as sent:
+            response = client.post(url, data={**form(email, n), "csrf_token": token})
+        assert response.status_code == 303
+        response.close()  # the work after the answer, not counted
+        return sent
+
+    statements_of("warm-up@example.org", 0)
+    unknown = statements_of(UNKNOWN_ADDRESSES[0], 1)
+    assert statements_of(f"{KNOWN[0]}@example.org", 2) == unknown
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", [MAIL_CONFIG], indirect=True)
+@pytest.mark.parametrize("flow", [flow for flow in MAIL_FLOWS if flow != "email change"])
 def test_A02_detector_flags_mail_flow_work_done_before_the_answer(
     app, client, make_user, db, monkeypatch, flow
 ):
     """The control: run the queued work before the answer (as these flows once did) and
     the same measurement must call it a leak: only for an address with an account is a link
-    made and stored (forgot password, resend), or only for a new one an account (registration)."""
+    made and stored (forgot password, resend), only for a new one an account (registration).
+    (Email change is not among them: there the work before the answer was 2.3 ms of a 30 ms
+    request, 7.6%, significant but under the 10% bound, so this control could not fail it;
+    the statement test above covers it.)"""
     unconfirmed_users(make_user, db)
     monkeypatch.setattr(mail, "after_response", lambda job: job())
     unknown, known = measure_mail_flow(app, client, flow, seed=20261130)

@@ -418,7 +418,34 @@ def request_email_change(
     ``user.email_change_requested`` (a wrong password: ``user.email_change_failed``, apart).
 
     If the new address already has an account, the caller gets the same answer; that
-    account's owner is sent a notice and no link exists."""
+    account's owner is sent a notice and no link exists. This is
+    :func:`check_email_change` then :func:`issue_email_change`, which a caller may run
+    apart: the second is where an address with an account costs less."""
+    new = check_email_change(
+        db,
+        settings=settings,
+        passwords=passwords,
+        user=user,
+        password=password,
+        new_email=new_email,
+        facts=facts,
+    )
+    return issue_email_change(db, settings=settings, user=user, new=new, facts=facts)
+
+
+def check_email_change(
+    db: Session,
+    *,
+    settings: Settings,
+    passwords: PasswordService,
+    user: User,
+    password: str,
+    new_email: str,
+    facts: RequestFacts,
+) -> accounts.Identifier:
+    """The checks of an email change: a new address, and the current password (a wrong one
+    is recorded apart and raises :class:`InvalidInput`). The same work whether or not the
+    address has an account. Returns the new address, normalized."""
     accounts.for_field("password", passwords.check_length, password)
     new = accounts.normalize_email(new_email)
     if user.email_key is not None and new.key == user.email_key:
@@ -433,6 +460,15 @@ def request_email_change(
         facts=facts,
         count_failure=False,
     )
+    return new
+
+
+def issue_email_change(
+    db: Session, *, settings: Settings, user: User, new: accounts.Identifier, facts: RequestFacts
+) -> Outgoing:
+    """The rest of :func:`request_email_change`, once :func:`check_email_change` passed:
+    ``user.email_change_requested``, and the link for the new address or, when it has an
+    account, the notice for that account's owner."""
     owner = db.scalar(select(User).where(User.email_key == new.key))
     audit.record(
         db,

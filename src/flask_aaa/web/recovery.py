@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 from ..config import Settings
 from ..db import writing
 from ..errors import InvalidInput, InvalidToken, InvitationRequired
+from ..models import User
 from ..services import accounts, audit, recovery
 from ..services.recovery import INVITE_USERS, Outgoing
 from . import mail
@@ -488,26 +489,37 @@ def create_blueprint() -> Blueprint:
                 return render_template("aaa/change_email.html", errors={}, values={})
             values: dict[str, str] = {}
             db = db_session()
+            facts = request_facts()
             try:
                 fields = read_fields(["email", "password"], required=["email", "password"])
                 values = {"email": fields["email"]}
-                out = recovery.request_email_change(
+                new = recovery.check_email_change(
                     db,
                     settings=settings,
                     passwords=st.passwords,
                     user=user,
                     password=fields["password"],
                     new_email=fields["email"],
-                    facts=request_facts(),
+                    facts=facts,
                 )
             except InvalidInput as exc:
                 db.rollback()
                 return form_error("aaa/change_email.html", exc, values=values)
-            db.commit()
-            send(out)
-            address = accounts.normalize_email(fields["email"]).display
+            db.rollback()  # the checks only read
+            # Whether the new address has an account changes the work (a link, or a notice
+            # to its owner), not the answer: that work runs after the response (A02).
+            user_id = user.id
+            later(
+                lambda later_db: recovery.issue_email_change(
+                    later_db,
+                    settings=settings,
+                    user=accounts.assert_user(later_db.get(User, user_id)),
+                    new=new,
+                    facts=facts,
+                )
+            )
             return accepted(
-                f"We sent a link to {address}. Your address changes when you open it.",
+                f"We sent a link to {new.display}. Your address changes when you open it.",
                 "aaa_recovery.change_email",
             )
 
