@@ -175,8 +175,10 @@ def run_job(app: Flask, sender: str, job: Callable[[], None]) -> int:
     with app.app_context():
         try:
             job()
-        except Exception:  # the response is gone: log and carry on
-            _log.exception("work after the response failed")
+        except Exception as exc:  # the response is gone: log and carry on
+            # The type only, as for mail: a database error's text carries the statement's
+            # parameters (an address, a password hash for a registration).
+            _log.error("work after the response failed (%s)", type(exc).__name__)
             return 0
         queued: Queued = g.pop(_QUEUE, None) or []
     return deliver(app, sender, queued) if queued else 0
